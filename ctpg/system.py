@@ -1,0 +1,238 @@
+"""The ControlSystem contract, oracle counters and derivative helpers.
+
+A control system is dx/dt = f(x, u) with running cost w(x, u) and terminal cost
+J(x), all batched over a leading dimension N. The estimators only ever touch a
+system through `f`, `vjp`, `jacobians`, `running_cost` and `terminal_cost`, and every
+call of the first three is counted on `system.counter` (batched calls and per-sample
+evaluations), which makes those counts the hardware-independent cost axis.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+
+ORACLE_KINDS = ("f", "vjp", "jac")
+
+
+@dataclasses.dataclass
+class OracleCounter:
+    """Counts of oracle calls on one system.
+
+    `*_calls` count batched calls, `*_evals` per-sample evaluations (a call on N
+    states counts N). `sim_calls` counts calls of an underlying black-box simulator,
+    including those that finite-difference Jacobians spend.
+    """
+
+    f_calls: int = 0
+    f_evals: int = 0
+    vjp_calls: int = 0
+    vjp_evals: int = 0
+    jac_calls: int = 0
+    jac_evals: int = 0
+    sim_calls: int = 0
+
+    def record(self, kind: str, n: int) -> None:
+        setattr(self, f"{kind}_calls", getattr(self, f"{kind}_calls") + 1)
+        setattr(self, f"{kind}_evals", getattr(self, f"{kind}_evals") + n)
+
+    @property
+    def total_evals(self) -> int:
+        """Per-sample evaluations of f, vjp and jacobians together: the paper's 'oracle calls'."""
+        return self.f_evals + self.vjp_evals + self.jac_evals
+
+    def snapshot(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def since(self, snapshot: dict) -> dict:
+        """Counts accrued since `snapshot`, plus their `total_evals`."""
+        now = self.snapshot()
+        diff = {key: now[key] - snapshot[key] for key in now}
+        diff["total_evals"] = diff["f_evals"] + diff["vjp_evals"] + diff["jac_evals"]
+        return diff
+
+    def reset(self) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, 0)
+
+
+def _counted(kind: str, method):
+    """Wrap an oracle method so that its outermost call is validated and counted.
+
+    Nested calls (the default `vjp` calling `f`, say) are not counted again: one
+    vjp is one oracle call of kind 'vjp'.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, x, *args):
+        if self._oracle_depth:
+            return method(self, x, *args)
+        self.check_inputs(x, *args[:1])
+        self._oracle_depth += 1
+        try:
+            out = method(self, x, *args)
+        finally:
+            self._oracle_depth -= 1
+        self.counter.record(kind, x.shape[0])
+        return out
+
+    wrapper._ctpg_counted = True
+    return wrapper
+
+
+class ControlSystem:
+    """Base class of every differentiable control system.
+
+    Subclasses set `state_dim`, `action_dim`, `horizon` (and optionally
+    `action_low` / `action_high` tensors of shape [k]) and define
+
+        f(x [N,d], u [N,k]) -> dx/dt [N,d]
+        running_cost(x, u) -> [N]          (torch-differentiable)
+        terminal_cost(x) -> [N]            (torch-differentiable)
+        sample_initial_state(n, generator=None) -> [n,d]
+
+    `vjp` and `jacobians` default to autograd through `f`, which needs `f` written
+    in torch; a system with analytic derivatives or a black-box simulator overrides
+    them (see `finite_difference_jacobians`). Overridden oracle methods are counted
+    automatically.
+    """
+
+    state_dim: int
+    action_dim: int
+    horizon: float
+    action_low: torch.Tensor | None = None
+    action_high: torch.Tensor | None = None
+
+    def __init__(self, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.counter = OracleCounter()
+        self._oracle_depth = 0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, kind in (("f", "f"), ("vjp", "vjp"), ("jacobians", "jac")):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_ctpg_counted", False):
+                setattr(cls, name, _counted(kind, method))
+
+    # ----------------------------------------------------------------- contract
+    def f(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define f(x, u) -> dx/dt")
+
+    def running_cost(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define running_cost(x, u) -> [N]")
+
+    def terminal_cost(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0])
+
+    def sample_initial_state(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define sample_initial_state(n, generator)")
+
+    def vjp(self, x: torch.Tensor, u: torch.Tensor, a: torch.Tensor):
+        """(a^T df/dx [N,d], a^T df/du [N,k]) by autograd through `f`."""
+        with torch.enable_grad():
+            x_ = x.detach().requires_grad_(True)
+            u_ = u.detach().requires_grad_(True)
+            out = self.f(x_, u_)
+            gx, gu = torch.autograd.grad(out, (x_, u_), a, allow_unused=True)
+        gx = torch.zeros_like(x) if gx is None else gx
+        gu = torch.zeros_like(u) if gu is None else gu
+        return gx, gu
+
+    def jacobians(self, x: torch.Tensor, u: torch.Tensor):
+        """(df/dx [N,d,d], df/du [N,d,k]) by autograd, one backward pass per state component."""
+        return autograd_jacobians(self.f, x, u)
+
+    # ------------------------------------------------------------------ helpers
+    def check_inputs(self, x: torch.Tensor, u: torch.Tensor | None = None) -> None:
+        """Raise a ValueError naming the expected shapes if x or u do not fit."""
+        name = type(self).__name__
+        if x.ndim != 2 or x.shape[1] != self.state_dim:
+            raise ValueError(
+                f"{name}: state must have shape [N, {self.state_dim}], got {tuple(x.shape)}; "
+                "add a batch dimension with x.unsqueeze(0) for a single state")
+        if u is not None and (u.ndim != 2 or u.shape != (x.shape[0], self.action_dim)):
+            raise ValueError(
+                f"{name}: action must have shape [{x.shape[0]}, {self.action_dim}] to match the "
+                f"state batch, got {tuple(u.shape)}")
+
+    def f_autograd(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """f as a torch op whose backward calls `vjp`, so autograd (BPTT) works on any
+        system, black-box simulators included, and each backward is counted as a vjp."""
+        return _DynamicsFunction.apply(self, x, u)
+
+    def clip_action(self, u: torch.Tensor) -> torch.Tensor:
+        if self.action_low is None:
+            return u
+        return torch.maximum(torch.minimum(u, self.action_high), self.action_low)
+
+
+class _DynamicsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, system, x, u):
+        ctx.system = system
+        ctx.save_for_backward(x, u)
+        return system.f(x.detach(), u.detach())
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, u = ctx.saved_tensors
+        gx, gu = ctx.system.vjp(x, u, grad_out)
+        return None, gx, gu
+
+
+def autograd_jacobians(f, x: torch.Tensor, u: torch.Tensor):
+    """Jacobians of a batched torch function f(x, u) -> [N,d'] by reverse-mode autograd.
+
+    Costs one forward and d' backward passes; samples must not interact in f.
+    """
+    with torch.enable_grad():
+        x_ = x.detach().requires_grad_(True)
+        u_ = u.detach().requires_grad_(True)
+        out = f(x_, u_)
+        rows_x, rows_u = [], []
+        for i in range(out.shape[1]):
+            gx, gu = torch.autograd.grad(out[:, i].sum(), (x_, u_), retain_graph=True,
+                                         allow_unused=True)
+            rows_x.append(torch.zeros_like(x) if gx is None else gx)
+            rows_u.append(torch.zeros_like(u) if gu is None else gu)
+    return torch.stack(rows_x, dim=1), torch.stack(rows_u, dim=1)
+
+
+def finite_difference_jacobians(f, x: torch.Tensor, u: torch.Tensor, eps: float = 1e-6,
+                                scheme: str = "central"):
+    """Jacobians of a batched black-box f(x [N,d], u [N,k]) -> [N,d'] by finite differences.
+
+    The step for component j is eps * max(1, |z_j|). All perturbed states go to `f`
+    in one batched call of N * 2(d+k) samples (central) or N * (d+k+1) (forward), so a
+    simulator wrapped in `f` sees one big batch.
+
+    Returns (df/dx [N,d',d], df/du [N,d',k], number of per-sample f evaluations).
+    Accuracy: central O(eps^2) truncation, forward O(eps), plus round-off
+    O(precision / eps); both are meaningless across a kink or jump of f (contact
+    switching, clamped controls).
+    """
+    if scheme not in ("central", "forward"):
+        raise ValueError(f"unknown finite-difference scheme {scheme!r}; use 'central' or 'forward'")
+    z = torch.cat([x, u], 1)
+    n, d, m = x.shape[0], x.shape[1], z.shape[1]
+    steps = eps * torch.clamp(z.abs(), min=1.0)                 # [N, m]
+    delta = steps[:, :, None] * torch.eye(m, dtype=z.dtype, device=z.device)
+    plus = (z[:, None, :] + delta).reshape(n * m, m)
+    other = (z[:, None, :] - delta).reshape(n * m, m) if scheme == "central" else z
+    batch = torch.cat([plus, other], 0)
+    out = f(batch[:, :d], batch[:, d:])
+    f_plus = out[: n * m].reshape(n, m, -1)
+    if scheme == "central":
+        jac = (f_plus - out[n * m:].reshape(n, m, -1)) / (2 * steps[:, :, None])
+    else:
+        jac = (f_plus - out[n * m:, None, :]) / steps[:, :, None]
+    jac = jac.transpose(1, 2)                                   # [N, d', m]
+    return jac[:, :, :d], jac[:, :, d:], batch.shape[0]
+
+
+# The base class's own default oracles are counted like overrides are.
+ControlSystem.vjp = _counted("vjp", ControlSystem.vjp)
+ControlSystem.jacobians = _counted("jac", ControlSystem.jacobians)
