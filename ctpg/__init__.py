@@ -4,7 +4,14 @@
     loss, info = ctpg.CTPG(rtol=1e-6, atol=1e-8)(system, policy, x0, T)
     loss.backward()
 """
+from ctpg.errors import MaxStepsExceeded, NonFiniteError, SolverError, StepSizeTooSmall
+from ctpg.estimators import (BPTT, CTPG, ESTIMATORS, Backsolve, EstimateInfo, Estimator, PassStats,
+                             make_estimator)
 from ctpg.system import (ControlSystem, OracleCounter, autograd_jacobians,
                          finite_difference_jacobians)
+from ctpg.trajectory import Trajectory
 
-__all__ = ["ControlSystem", "OracleCounter", "autograd_jacobians", "finite_difference_jacobians"]
+__all__ = ["ControlSystem", "OracleCounter", "autograd_jacobians", "finite_difference_jacobians",
+           "CTPG", "BPTT", "Backsolve", "Estimator", "EstimateInfo", "PassStats", "ESTIMATORS",
+           "make_estimator", "Trajectory", "SolverError", "MaxStepsExceeded", "StepSizeTooSmall",
+           "NonFiniteError"]

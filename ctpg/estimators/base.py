@@ -1,0 +1,166 @@
+"""The interface shared by every gradient estimator.
+
+    loss, info = estimator(system, policy, x0, T)
+    loss.backward()
+
+`loss` is the batch mean of int_0^T w dt + J(x(T)). It carries one autograd node
+(`_EstimatorFunction`) whose backward is the estimator's own backward pass, so the
+loss composes with any torch code; gradients land in the policy's parameters that
+require grad and in x0 if it requires grad. `info` is filled by the forward pass and
+completed (backward statistics) when the backward pass runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from ctpg.errors import NonFiniteError
+from ctpg.system import ControlSystem
+
+
+@dataclasses.dataclass
+class PassStats:
+    """Cost of one pass: oracle counts (see OracleCounter.since), solver steps, seconds."""
+
+    oracle: dict
+    steps_accepted: int = 0
+    steps_rejected: int = 0
+    wall_time: float = 0.0
+
+
+@dataclasses.dataclass
+class EstimateInfo:
+    """What one estimate cost and found.
+
+    costs: per-sample cost [N] (detached); forward/backward: PassStats (backward is
+    None until loss.backward() runs); stored_floats: floats kept between the passes
+    (the memory cost); reconstruction_error: ||x0 - x_reconstructed(0)|| per sample,
+    Backsolve only, set by its backward pass.
+    """
+
+    estimator: str
+    costs: torch.Tensor
+    forward: PassStats
+    backward: PassStats | None = None
+    stored_floats: int = 0
+    reconstruction_error: torch.Tensor | None = None
+
+    @property
+    def oracle_evals(self) -> int:
+        """Per-sample f, vjp and Jacobian evaluations of both passes so far."""
+        back = self.backward.oracle["total_evals"] if self.backward else 0
+        return self.forward.oracle["total_evals"] + back
+
+    def summary(self) -> dict:
+        """Flat dict of floats, convenient for logging."""
+        out = {"cost": float(self.costs.mean()), "stored_floats": float(self.stored_floats),
+               "oracle_evals": float(self.oracle_evals)}
+        for name, stats in (("forward", self.forward), ("backward", self.backward)):
+            if stats is None:
+                continue
+            out.update({f"{name}/{k}": float(v) for k, v in stats.oracle.items()})
+            out.update({f"{name}/steps_accepted": float(stats.steps_accepted),
+                        f"{name}/steps_rejected": float(stats.steps_rejected),
+                        f"{name}/wall_time": stats.wall_time})
+        if self.reconstruction_error is not None:
+            out["reconstruction_error"] = float(self.reconstruction_error.max())
+        return out
+
+
+def policy_parameters(policy) -> list[torch.Tensor]:
+    """The tensors that receive gradients: a module's parameters with requires_grad."""
+    params = policy.parameters() if hasattr(policy, "parameters") else []
+    return [p for p in params if p.requires_grad]
+
+
+class Estimator:
+    """Base class: validates inputs, times and counts both passes, builds `info`.
+
+    Subclasses implement `_forward(problem) -> (per-sample costs [N], steps_accepted,
+    steps_rejected, stored_floats)` and `_backward(problem, grad_loss) -> (grad_x0,
+    [grad per param])`. They may stash what the backward pass needs on `problem`.
+    """
+
+    name = "estimator"
+
+    def __call__(self, system: ControlSystem, policy, x0: torch.Tensor, T: float | None = None,
+                 params: list[torch.Tensor] | None = None):
+        T = system.horizon if T is None else float(T)
+        self._check(system, x0, T)
+        params = policy_parameters(policy) if params is None else list(params)
+        problem = Problem(system, policy, x0.detach(), T, params)
+        needs_grad = torch.is_grad_enabled() and (x0.requires_grad or any(p.requires_grad for p in params))
+        problem.keep_for_backward = needs_grad
+        loss = _EstimatorFunction.apply(self, problem, x0, *params)
+        return loss, problem.info
+
+    def _check(self, system, x0, T):
+        if not isinstance(x0, torch.Tensor) or x0.ndim != 2 or x0.shape[1] != system.state_dim:
+            shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+            raise ValueError(f"{self.name}: x0 must be a tensor of shape [N, {system.state_dim}], got {shape}; "
+                             "use system.sample_initial_state(N) or x0.unsqueeze(0) for one state")
+        if x0.dtype != system.dtype:
+            raise ValueError(f"{self.name}: x0 has dtype {x0.dtype} but the system uses {system.dtype}; "
+                             f"convert with x0.to({system.dtype}) or build the system with dtype={x0.dtype}")
+        if not torch.isfinite(x0).all():
+            raise ValueError(f"{self.name}: x0 contains NaN or Inf")
+        if not T > 0:
+            raise ValueError(f"{self.name}: the horizon T must be positive, got {T}")
+
+    def _run(self, problem, pass_name: str, work):
+        """Run one pass, timing it, counting oracles and naming the pass in NaN errors."""
+        counter = problem.system.counter
+        start, snapshot = time.perf_counter(), counter.snapshot()
+        try:
+            result = work()
+        except NonFiniteError as err:
+            raise NonFiniteError(f"{self.name} {pass_name} pass: {err}; check the policy output and the "
+                                 "dynamics/cost there (a diverging policy or an unbounded action)") from err
+        return result, counter.since(snapshot), time.perf_counter() - start
+
+    def _forward(self, problem):
+        raise NotImplementedError
+
+    def _backward(self, problem, grad_loss):
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Problem:
+    """One estimate in flight: its inputs, what the forward pass kept, and `info`."""
+
+    system: ControlSystem
+    policy: object
+    x0: torch.Tensor
+    T: float
+    params: list
+    keep_for_backward: bool = True
+    info: EstimateInfo | None = None
+    saved: dict = dataclasses.field(default_factory=dict)
+
+
+class _EstimatorFunction(torch.autograd.Function):
+    """Autograd node whose forward/backward are the estimator's own passes."""
+
+    @staticmethod
+    def forward(ctx, estimator, problem, x0, *params):
+        (costs, accepted, rejected, stored), oracle, seconds = estimator._run(
+            problem, "forward", lambda: estimator._forward(problem))
+        problem.info = EstimateInfo(estimator.name, costs.detach(),
+                                    PassStats(oracle, accepted, rejected, seconds), stored_floats=stored)
+        ctx.estimator, ctx.problem = estimator, problem
+        return costs.detach().mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        estimator, problem = ctx.estimator, ctx.problem
+        if not problem.keep_for_backward:
+            raise RuntimeError(f"{estimator.name}: backward was called on a loss computed without gradients")
+        (grads, (accepted, rejected)), oracle, seconds = estimator._run(
+            problem, "backward", lambda: estimator._backward(problem, grad_loss))
+        problem.info.backward = PassStats(oracle, accepted, rejected, seconds)
+        grad_x0, grad_params = grads
+        grad_x0 = grad_x0 if ctx.needs_input_grad[2] else None
+        return (None, None, grad_x0, *grad_params)
