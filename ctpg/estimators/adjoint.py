@@ -35,7 +35,10 @@ def adjoint_derivatives(system, policy, params, x, lam, cost_weight):
         u = policy(x_)
         a_x, a_u = system.vjp(x_.detach(), u.detach(), lam)
         total = cost_weight * system.running_cost(x_, u).sum() + (a_u * u).sum()
-        grads = torch.autograd.grad(total, [x_, *params], allow_unused=True)
+        if total.requires_grad:
+            grads = torch.autograd.grad(total, [x_, *params], allow_unused=True)
+        else:                            # neither cost nor policy depends on x or theta
+            grads = [None] * (1 + len(params))
     g_x = grads[0] if grads[0] is not None else torch.zeros_like(x)
     g_theta = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[1:], params)]
     return -(a_x + g_x), -flatten(g_theta, x), u.detach()
@@ -45,7 +48,10 @@ def terminal_adjoint(system, xT, cost_weight):
     """lam(T) = s dJ/dx(T)."""
     with torch.enable_grad():
         x_ = xT.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(system.terminal_cost(x_).sum(), x_, allow_unused=True)
+        J = system.terminal_cost(x_).sum()
+        if not J.requires_grad:          # a constant terminal cost, e.g. the default zero
+            return torch.zeros_like(xT)
+        (grad,) = torch.autograd.grad(J, x_, allow_unused=True)
     return torch.zeros_like(xT) if grad is None else cost_weight * grad
 
 

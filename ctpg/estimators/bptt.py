@@ -43,18 +43,19 @@ class BPTT(Estimator):
             rhs = closed_loop_rhs(system, problem.policy, f=system.f_autograd)
             sol = solve(rhs, y0, 0.0, problem.T, method=self.method, dt=self.dt, max_steps=self.max_steps)
             costs = sol.y1[:, d] + system.terminal_cost(sol.y1[:, :d])
-        problem.saved.update(x0=x0, costs=costs)
+        problem.saved.update(x0=x0, costs=costs, steps=sol.steps_accepted)
         return costs, sol.steps_accepted, 0, stored.floats
 
     def _backward(self, problem, grad_loss):
         x0, costs, params = problem.saved["x0"], problem.saved["costs"], problem.params
+        steps = problem.saved["steps"]
         with torch.enable_grad():   # a custom backward runs with grad mode off
             loss = costs.mean() * grad_loss
             grads = torch.autograd.grad(loss, [x0, *params], allow_unused=True)
         problem.saved.clear()
         grad_params = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[1:], params)]
         grad_x0 = torch.zeros_like(x0) if grads[0] is None else grads[0]
-        return (grad_x0, grad_params), (0, 0)
+        return (grad_x0, grad_params), (steps, 0)   # the backward sweep retraces every step
 
 
 class _SavedTensorCounter:
