@@ -1,0 +1,90 @@
+"""Command line of a benchmark from its config dataclass, and writing its results.
+
+A benchmark declares its settings as a dataclass whose field docstrings (the string
+literal under each field) are the --help text, and named budgets (`presets`: field
+values that --smoke and --full switch to). Precedence: field default < preset <
+flags given on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import pathlib
+
+import torch
+
+
+def field_docs(cls) -> dict:
+    """{field name: its docstring} read from the class source."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    return {node.target.id: after.value.value for node, after in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)}
+
+
+def parse_config(cls, argv, prog: str, doc: str, presets: dict):
+    """Build `cls` from argv; `presets` maps 'smoke' / 'full' to field overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    docs = field_docs(cls)
+    for name, values in presets.items():
+        parser.add_argument(f"--{name}", action="store_true",
+                            help=f"budget '{name}': " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    for field in dataclasses.fields(cls):
+        flag, default = f"--{field.name.replace('_', '-')}", field.default
+        text = f"{docs.get(field.name, '')} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=field.name, nargs="+", type=type(default[0]),
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, dest=field.name, type=type(default), default=argparse.SUPPRESS,
+                                help=text)
+    given = vars(parser.parse_args(argv))
+    chosen = [name for name in presets if given.pop(name)]
+    if len(chosen) > 1:
+        parser.error(f"choose at most one of {', '.join('--' + c for c in chosen)}")
+    values = dict(presets[chosen[0]]) if chosen else {}
+    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    return cls(**values), (chosen[0] if chosen else "default")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with n torch intra-op threads, then restore the previous number."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def finite_or_none(value):
+    """JSON has no NaN/Inf: non-finite floats are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def write_results(out: str, stem: str, result: dict, plot) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write <out>/<stem>.json and, through plot(result, path), <out>/<stem>.png."""
+    folder = pathlib.Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = folder / f"{stem}.json", folder / f"{stem}.png"
+    json_path.write_text(json.dumps(finite_or_none(result), indent=1, allow_nan=False))
+    import matplotlib
+    matplotlib.use("Agg")
+    plot(result, png_path)
+    return json_path, png_path
