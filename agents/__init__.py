@@ -1,0 +1,15 @@
+"""Train feedback policies with ctpg's gradient estimators.
+
+    import agents
+    result = agents.train(env="diffdrive", estimator="ctpg", iters=300, logdir="runs/dd", seed=0)
+    result.policy, result.history, result.run_dir
+
+The command line (`ctpg train`, `ctpg bench`) is agents/cli.py; per-environment
+defaults live in agents/config.py; TensorBoard tags in agents/logging.py (TAGS).
+"""
+from agents.config import ENV_DEFAULTS, TrainConfig, resolve_config
+from agents.policies import MLP, AngleFeatures, FeatureMap, Linear, Squash, make_policy
+from agents.trainer import TrainResult, train
+
+__all__ = ["ENV_DEFAULTS", "TrainConfig", "resolve_config", "MLP", "AngleFeatures", "FeatureMap",
+           "Linear", "Squash", "make_policy", "TrainResult", "train"]

@@ -1,0 +1,77 @@
+"""Checkpoints that resume a run exactly.
+
+A checkpoint holds everything the next iteration depends on: policy, optimiser and
+scheduler states, the batch generator's and torch's global RNG states, the counters
+(iteration, cumulative oracle evaluations, wall-clock, skipped steps) and the config.
+Files are written to a temporary name and moved into place with os.replace, so a
+run killed mid-write leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+ORACLE_KEYS = ("f_evals", "vjp_evals", "jac_evals", "sim_calls", "total_evals")
+
+
+@dataclass
+class Counters:
+    """Run-long counters; they survive resumes."""
+
+    step: int = 0
+    wall_time: float = 0.0
+    skipped: int = 0
+    bad_in_row: int = 0
+    evaluations: int = 0
+    last_eval_step: int = -1
+    oracle: dict = field(default_factory=lambda: dict.fromkeys(ORACLE_KEYS, 0))
+
+
+def checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINT_NAME
+
+
+def save_checkpoint(run_dir, *, policy, optimizer, scheduler, generator, counters: Counters,
+                    config: dict, history: list) -> Path:
+    """Write the run's state atomically to run_dir/checkpoint.pt; returns the path.
+
+    Costs one torch.save of the parameters and optimiser moments (a few KB to MB).
+    """
+    path = checkpoint_path(run_dir)
+    payload = {
+        "policy": policy.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "counters": dataclasses.asdict(counters),
+        "config": dict(config),
+        "history": list(history),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(run_dir) -> dict:
+    """The payload written by save_checkpoint. Raises FileNotFoundError when absent."""
+    path = checkpoint_path(run_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore(payload: dict, *, policy, optimizer, scheduler, generator) -> tuple[Counters, list]:
+    """Load a payload into freshly built objects; returns (counters, eval history)."""
+    policy.load_state_dict(payload["policy"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    generator.set_state(payload["generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    return Counters(**payload["counters"]), list(payload["history"])

@@ -1,0 +1,160 @@
+"""Training configuration and the per-environment defaults, kept in one place.
+
+`TrainConfig` lists every setting of a training run; the `help` text of each field
+is also the command line's --help text (agents/cli.py builds its options from these
+fields). `ENV_DEFAULTS` holds the settings that differ per environment; `resolve_config`
+layers them: field default < environment < what the caller passed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+ESTIMATORS = ("ctpg", "bptt", "backsolve")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "step", "exponential")
+CLIP_MODES = ("norm", "value")
+ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "silu")
+METHODS = ("euler", "midpoint", "rk4", "bosh3", "dopri5", "tsit5")
+
+
+def _opt(default, help, **extra):
+    """A dataclass field whose metadata carries the --help text (and CLI extras)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run. Unset (None) budgets mean 'no limit'."""
+
+    env: str = _opt("diffdrive", "environment name, one of envs.names()")
+    estimator: str = _opt("ctpg", "gradient estimator", choices=ESTIMATORS)
+    iters: int = _opt(1000, "number of optimiser iterations (total, including any resumed part)")
+    batch_size: int = _opt(32, "initial states sampled per iteration")
+    horizon: float | None = _opt(None, "time horizon T (none: the environment's own)")
+    method: str = _opt("dopri5", "Runge-Kutta method of the ctpg/backsolve solves", choices=METHODS)
+    rtol: float = _opt(1e-3, "relative tolerance of the ctpg/backsolve adaptive solves")
+    atol: float = _opt(1e-4, "absolute tolerance of the ctpg/backsolve adaptive solves")
+    dt: float = _opt(0.01, "fixed Euler step of bptt")
+    optimizer: str = _opt("adam", "torch optimiser", choices=OPTIMIZERS)
+    lr: float = _opt(1e-3, "learning rate")
+    momentum: float = _opt(0.9, "momentum of sgd (and rmsprop)")
+    weight_decay: float = _opt(0.0, "weight decay of the optimiser")
+    schedule: str = _opt("constant", "learning-rate schedule over `iters`", choices=SCHEDULES)
+    lr_final: float = _opt(0.1, "cosine: final lr as a fraction of lr")
+    lr_step: int = _opt(1000, "step: multiply lr by lr_gamma every this many iterations")
+    lr_gamma: float = _opt(0.5, "step/exponential: decay factor (exponential: per iteration)")
+    clip: float | None = _opt(None, "gradient clipping threshold; none to disable")
+    clip_mode: str = _opt("norm", "clip the global gradient norm or each element", choices=CLIP_MODES)
+    hidden: tuple[int, ...] = _opt((32, 32), "hidden widths of the MLP policy, e.g. 64,64; empty for linear")
+    activation: str = _opt("tanh", "hidden activation of the MLP policy", choices=ACTIVATIONS)
+    last_layer_scale: float = _opt(1.0, "scale of the last layer's initial weights; 0 zero-initialises it")
+    features: bool = _opt(True, "feed the environment's observation features (sin/cos of angles)")
+    squash: bool = _opt(True, "squash actions into the environment's bounds with a scaled tanh")
+    eval_every: int = _opt(50, "evaluate every this many iterations (0: only at start and end)")
+    eval_batch: int = _opt(64, "held-out initial states used for evaluation")
+    eval_seed: int = _opt(1234, "seed of the held-out initial states (fixed across runs)")
+    eval_rtol: float = _opt(1e-7, "relative tolerance of the accurate evaluation solve")
+    eval_atol: float = _opt(1e-9, "absolute tolerance of the accurate evaluation solve")
+    figure_every: int = _opt(5, "draw evaluation trajectories every this many evaluations (0: never)")
+    checkpoint_every: int = _opt(100, "write a checkpoint every this many iterations (and at the end)")
+    max_oracle_evals: int | None = _opt(None, "stop after this many training oracle evaluations")
+    max_wall_time: float | None = _opt(None, "stop after this many seconds of wall-clock time")
+    max_bad_steps: int = _opt(10, "stop after this many non-finite losses or gradients in a row")
+    seed: int = _opt(0, "seed of the policy initialisation and the training batches")
+    threads: int = _opt(1, "torch CPU threads during the run (0: torch's default); small policies "
+                           "run fastest on one, and far slower on a shared, busy machine with more")
+    quiet: bool = _opt(False, "no progress bar and no end-of-run summary")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Settings that differ per environment (estimator settings included: rtol/atol for
+# ctpg and backsolve, dt for bptt). Tuned so that the default CTPG run of each
+# environment learns within the budgets named in the README; tests/test_training_slow.py
+# checks the floors.
+ENV_DEFAULTS: dict[str, dict] = {
+    "diffdrive": dict(
+        iters=400, batch_size=16, rtol=1e-3, atol=1e-4, lr=1e-2, schedule="cosine",
+        lr_final=0.05, hidden=(32, 32), last_layer_scale=0.1, clip=10.0, clip_mode="value",
+        eval_every=25, dt=0.01,
+    ),
+    "lqr": dict(
+        iters=200, batch_size=32, rtol=1e-5, atol=1e-6, lr=1e-2, hidden=(32,),
+        last_layer_scale=0.0, eval_every=25, dt=0.01,
+    ),
+    "quadrotor": dict(
+        iters=200, batch_size=32, rtol=1e-3, atol=1e-4, lr=3e-3, schedule="cosine",
+        hidden=(64, 64), last_layer_scale=0.1, clip=1.0, eval_every=25, dt=0.005,
+    ),
+    "cartpole": dict(
+        iters=120, batch_size=32, rtol=1e-3, atol=1e-4, lr=1e-2, hidden=(64, 64),
+        last_layer_scale=0.1, clip=1.0, eval_every=20, dt=0.01,
+    ),
+    "pendulum": dict(
+        iters=500, batch_size=32, rtol=1e-3, atol=1e-4, lr=3e-3, hidden=(32, 32),
+        last_layer_scale=0.1, clip=1.0, eval_every=25, dt=0.01,
+    ),
+    "electric": dict(
+        iters=200, batch_size=16, rtol=1e-3, atol=1e-4, lr=1e-2, hidden=(32, 32),
+        last_layer_scale=0.1, clip=1.0, eval_every=25, dt=0.03,
+    ),
+}
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def env_defaults(env: str) -> dict:
+    """A copy of the per-environment settings of `env`; {} for an unlisted env."""
+    return dict(ENV_DEFAULTS.get(env, {}))
+
+
+class ConfigError(ValueError):
+    """A training setting is unknown, out of range or not allowed here; the message says which."""
+
+
+def resolve_config(env: str = "diffdrive", estimator: str = "ctpg", **overrides) -> TrainConfig:
+    """Build a TrainConfig from the layered defaults and explicit `overrides`.
+
+    An override of None is explicit too (clip=None turns clipping off). Raises
+    ConfigError naming the bad key or value, so the Python API and the command line
+    report mistakes the same way.
+    """
+    unknown = sorted(set(overrides) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(FIELD_NAMES)}")
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    values = env_defaults(env)
+    values.update(overrides)
+    if "hidden" in values:
+        values["hidden"] = tuple(int(w) for w in values["hidden"])
+    config = TrainConfig(env=env, estimator=estimator, **values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ConfigError for a setting outside its range or choices."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f"{f.name}={value!r} is not one of {', '.join(choices)}")
+    positive = ("iters", "batch_size", "lr", "rtol", "atol", "dt", "eval_batch",
+                "eval_rtol", "eval_atol", "checkpoint_every", "max_bad_steps")
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(config, name)!r}")
+    for name in ("eval_every", "figure_every", "weight_decay", "momentum", "last_layer_scale",
+                 "threads"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
+    for name in ("horizon", "clip", "max_oracle_evals", "max_wall_time"):
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} must be positive (or unset), got {value!r}")
+    if any(w <= 0 for w in config.hidden):
+        raise ConfigError(f"hidden widths must be positive, got {config.hidden}")

@@ -1,0 +1,187 @@
+"""Feedback policies u = pi(x): input maps, linear and MLP bodies, bounded outputs.
+
+A policy is any torch callable from states [N,d] to actions [N,k]; the trainer and
+every estimator accept any nn.Module. The pieces here compose with nn.Sequential:
+
+    features (sin/cos of angles)  ->  MLP or Linear  ->  Squash to [low, high]
+                                                        (or Offset by a nominal action)
+
+`make_policy(system_or_name)` assembles them with the per-environment defaults of
+agents/config.py. Policies take the system's dtype (float64 by default) so that
+tight solver tolerances are not spoilt by float32 round-off.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+from torch import nn
+
+from agents.config import resolve_config
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus,
+                "silu": nn.SiLU}
+
+
+class FeatureMap(nn.Module):
+    """A fixed (parameter-free) input map x [N,d] -> [N,out_dim] from a pure function."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], out_dim: int, name: str = ""):
+        super().__init__()
+        self.fn, self.out_dim, self.name = fn, int(out_dim), name or getattr(fn, "__name__", "fn")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.name} -> {self.out_dim}"
+
+
+class AngleFeatures(nn.Module):
+    """Replace each angle component of the state by (cos, sin), keeping the order.
+
+    A state [x, theta, xdot, thetadot] with angle_indices=(1,) maps to
+    [x, cos theta, sin theta, xdot, thetadot], so the policy is 2 pi-periodic in theta.
+    """
+
+    def __init__(self, state_dim: int, angle_indices):
+        super().__init__()
+        self.state_dim, self.angles = int(state_dim), tuple(sorted(int(i) for i in angle_indices))
+        self.out_dim = self.state_dim + len(self.angles)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces, start = [], 0
+        for i in self.angles:
+            pieces += [x[:, start:i], torch.cos(x[:, i:i + 1]), torch.sin(x[:, i:i + 1])]
+            start = i + 1
+        pieces.append(x[:, start:])
+        return torch.cat(pieces, 1)
+
+    def extra_repr(self) -> str:
+        return f"angles={self.angles} -> {self.out_dim}"
+
+
+class MLP(nn.Module):
+    """Fully connected network in_dim -> hidden... -> out_dim, linear output.
+
+    `last_layer_scale` multiplies the last layer's initial weights and bias; 0 makes
+    the initial policy output exactly 0 (a common start for stabilisation tasks, as
+    the gradient still reaches the last layer). With hidden=() this is a linear policy.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden=(32, 32), activation: str = "tanh",
+                 last_layer_scale: float = 1.0):
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; use one of {', '.join(_ACTIVATIONS)}")
+        widths = [int(in_dim), *map(int, hidden), int(out_dim)]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(widths) - 2:
+                layers.append(_ACTIVATIONS[activation]())
+        with torch.no_grad():
+            layers[-1].weight.mul_(last_layer_scale)
+            layers[-1].bias.mul_(last_layer_scale)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Linear(MLP):
+    """Affine policy u = W x + b (an MLP with no hidden layer)."""
+
+    def __init__(self, in_dim: int, out_dim: int, last_layer_scale: float = 1.0):
+        super().__init__(in_dim, out_dim, hidden=(), last_layer_scale=last_layer_scale)
+
+
+class Squash(nn.Module):
+    """Map unbounded z to (low, high) elementwise: low + (high - low) (tanh z + 1) / 2."""
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor):
+        super().__init__()
+        if torch.any(torch.as_tensor(high) <= torch.as_tensor(low)):
+            raise ValueError(f"action bounds must satisfy low < high, got low={low}, high={high}")
+        self.register_buffer("low", torch.as_tensor(low).clone())
+        self.register_buffer("high", torch.as_tensor(high).clone())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.low + (self.high - self.low) * 0.5 * (torch.tanh(z) + 1.0)
+
+
+class Offset(nn.Module):
+    """Add a fixed nominal action: u = nominal + z, so z = 0 is e.g. hover thrust."""
+
+    def __init__(self, nominal: torch.Tensor):
+        super().__init__()
+        self.register_buffer("nominal", torch.as_tensor(nominal).clone())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.nominal
+
+
+def _diffdrive_features(system) -> nn.Module:
+    from envs.diffdrive import observation_features
+    return FeatureMap(observation_features, system.state_dim + 2, "diffdrive.observation_features")
+
+
+def _electric_features(system) -> nn.Module:
+    from envs.electric import observation_features
+    features = functools.partial(observation_features, segment_time=system.params.segment_time)
+    return FeatureMap(features, 8, "electric.observation_features")
+
+
+# Input maps per environment name: a factory from the system to a module with `out_dim`.
+# Angles go through (cos, sin) so that the policy sees a heading of 0 and 2 pi alike.
+FEATURES: dict[str, Callable[[object], nn.Module]] = {
+    "diffdrive": _diffdrive_features,
+    "electric": _electric_features,
+    "cartpole": lambda s: AngleFeatures(s.state_dim, (1,)),   # (x, theta, xdot, thetadot)
+    "pendulum": lambda s: AngleFeatures(s.state_dim, (0,)),   # (theta, thetadot)
+}
+
+
+# Output maps per environment for unbounded actions with a nonzero nominal value:
+# a quadrotor whose network starts near zero should start near hover, not free fall.
+OUTPUTS: dict[str, Callable[[object], nn.Module]] = {
+    "quadrotor": lambda s: Offset(s.hover_action),
+}
+
+
+def env_name(system) -> str:
+    """The registry name of a system: its `name` attribute, else its module's last part."""
+    return getattr(system, "name", None) or type(system).__module__.rsplit(".", 1)[-1]
+
+
+def make_policy(system_or_name, *, env: str | None = None, hidden=None, activation=None,
+                last_layer_scale=None, features: bool = True, squash: bool = True) -> nn.Module:
+    """A policy for `system_or_name` (a ControlSystem or an envs name) with its defaults.
+
+    Unset options take the per-environment values of agents/config.py. The result is
+    nn.Sequential(features?, MLP, Squash or Offset?) in the system's dtype and device;
+    Squash is added only when the system has action bounds, Offset (a nominal action
+    such as hover thrust) only for unbounded environments listed in OUTPUTS.
+    """
+    if isinstance(system_or_name, str):
+        import envs
+        env, system = env or system_or_name, envs.make(system_or_name)
+    else:
+        system = system_or_name
+    env = env or env_name(system)
+    defaults = resolve_config(env, "ctpg")
+    hidden = defaults.hidden if hidden is None else hidden
+    activation = activation or defaults.activation
+    last_layer_scale = defaults.last_layer_scale if last_layer_scale is None else last_layer_scale
+    layers: list[nn.Module] = []
+    in_dim = system.state_dim
+    if features and env in FEATURES:
+        layers.append(FEATURES[env](system))
+        in_dim = layers[-1].out_dim
+    layers.append(MLP(in_dim, system.action_dim, hidden, activation, last_layer_scale))
+    if squash and system.action_low is not None:
+        layers.append(Squash(system.action_low, system.action_high))
+    elif env in OUTPUTS:
+        layers.append(OUTPUTS[env](system))
+    return nn.Sequential(*layers).to(dtype=system.dtype, device=system.device)
