@@ -1,0 +1,237 @@
+"""Learning efficiency: CTPG against BPTT-Euler in training (paper, Section 4, Figures 4-7).
+
+Policies are trained with agents.train on the differential drive, the quadrotor or
+the cart-pole, once per estimator and seed, under the environment's defaults
+(agents/config.py ENV_DEFAULTS). A seed fixes the policy initialisation, the training
+batches (the trainer's own torch.Generator(seed), which no estimator touches) and the
+held-out evaluation states (eval_seed): both estimators see the same states, and the
+script checks that their evaluations at iteration 0 agree exactly.
+
+BPTT's Euler step is the paper's: 0.01 for the cart-pole, 0.05 for the quadrotor; for
+the differential drive one matched in compute. There CTPG's first iteration (dopri5,
+rtol 1e-3, atol 1e-4, 16 states, T = 5) took 1408 oracle evaluations and its next
+ones 1600, while BPTT takes 2 * 16 * T / dt, so dt = 0.1 (1600 per iteration). CTPG's
+cost per iteration grows as the policy stiffens (3462 on average over the default
+400 iterations, seeds 0-1), so over a whole run this dt makes BPTT about half as dear
+per iteration; the measured ratio is printed and stored with the results. On the
+quadrotor BPTT runs ceil(budget / (2 * 32 * T / dt)) iterations with max_oracle_evals
+= CTPG's total, so it may overshoot the budget by less than one iteration.
+
+Curves: held-out cost (the accurate evaluation, rtol 1e-7) against iterations,
+cumulative training oracle evaluations and wall-clock (training and evaluations),
+median and 25-75 % band across seeds. Floors (checked, not tuned), per seed and on
+the median across seeds:
+  diffdrive, cartpole: CTPG reaches BPTT's final evaluation cost with at most half of
+    BPTT's total oracle evaluations (read at CTPG's evaluation points, every eval_every);
+  quadrotor: BPTT gets CTPG's total oracle budget (max_oracle_evals); CTPG's final
+    cost is at most half of BPTT's.
+
+    python -m benchmarks.learning --env diffdrive [--backsolve] [--smoke | --full] [--out DIR]
+
+Writes <out>/learning_<env>.json and .png; the runs go to <out>/runs/<env>__<est>__<seed>.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+import agents
+import envs
+from benchmarks._config import parse_config, torch_threads, write_results
+
+ENVS = ("diffdrive", "quadrotor", "cartpole")
+BPTT_DT = {"cartpole": 0.01, "quadrotor": 0.05, "diffdrive": 0.1}
+EQUAL_BUDGET = {"quadrotor"}      # BPTT trains on CTPG's oracle budget
+AXES = (("step", "iterations"), ("oracle_total_cum", "training oracle evaluations"),
+        ("wall_time", "wall-clock [s]"))
+
+
+@dataclasses.dataclass
+class Config:
+    env: str = "diffdrive"
+    """environment: diffdrive, quadrotor or cartpole"""
+    seeds: int = 2
+    """number of seeds (0, 1, ...); each trains every estimator once"""
+    iters: int = 0
+    """CTPG iterations (0: the environment's default); BPTT trains as many, or on the quadrotor CTPG's oracle budget"""
+    eval_every: int = 0
+    """evaluate every this many iterations (0: the environment's default)"""
+    bptt_dt: float = 0.0
+    """BPTT's Euler step (0: the paper's, cartpole 0.01, quadrotor 0.05, diffdrive 0.1 matched in compute)"""
+    backsolve: bool = False
+    """also train with Backsolve (CTPG's tolerances); a run that diverges is reported as such"""
+    threads: int = 1
+    """torch intra-op threads of every run"""
+    out: str = "results/learning"
+    """output folder (learning_<env>.json and .png, runs/)"""
+
+
+PRESETS = {"smoke": dict(seeds=1, iters=4, eval_every=2), "full": dict(seeds=5)}
+
+
+def train_one(cfg: Config, estimator: str, seed: int, **overrides) -> dict:
+    """One training run; its history (one entry per evaluation) and totals."""
+    run_dir = Path(cfg.out) / "runs" / f"{cfg.env}__{estimator}__{seed}"
+    if run_dir.exists():            # a benchmark re-run replaces its own earlier runs
+        shutil.rmtree(run_dir)
+    if cfg.eval_every:
+        overrides["eval_every"] = cfg.eval_every
+    result = agents.train(env=cfg.env, estimator=estimator, seed=seed, logdir=run_dir, quiet=True,
+                          figure_every=0, threads=cfg.threads, **overrides)
+    history = [dict(step=h["step"], oracle_total_cum=h["oracle_total_cum"], wall_time=h["wall_time"],
+                    cost=h["cost"]) for h in result.history]
+    per_iter = [it["oracle/total"] for it in result.iterations]
+    return dict(seed=seed, status=result.status, message=result.message, iterations=result.step,
+                oracle_total=result.oracle_total, wall_time=result.wall_time,
+                skipped_steps=result.skipped_steps, final_cost=history[-1]["cost"],
+                first_iteration_evals=per_iter[0] if per_iter else None,
+                mean_iteration_evals=float(np.mean(per_iter)) if per_iter else None,
+                dt=result.config.dt, history=history)
+
+
+def train_seed(cfg: Config, seed: int, iters: int, dt: float) -> dict:
+    """CTPG, then BPTT (on CTPG's budget where the floor asks), then optionally Backsolve."""
+    runs = {"ctpg": train_one(cfg, "ctpg", seed, iters=iters)}
+    bptt = dict(iters=iters, dt=dt)
+    if cfg.env in EQUAL_BUDGET:
+        budget = runs["ctpg"]["oracle_total"]
+        # BPTT-Euler: one f and one vjp per state and Euler step
+        per_iter = 2 * agents.resolve_config(cfg.env).batch_size * math.ceil(horizon(cfg.env) / dt - 1e-9)
+        bptt.update(max_oracle_evals=budget, iters=max(1, math.ceil(budget / per_iter)))
+    runs["bptt"] = train_one(cfg, "bptt", seed, **bptt)
+    if cfg.backsolve:
+        runs["backsolve"] = train_one(cfg, "backsolve", seed, iters=iters)
+    first = {name: run["history"][0]["cost"] for name, run in runs.items()}
+    if len(set(first.values())) != 1:
+        raise RuntimeError(f"seed {seed}: the estimators' evaluations at iteration 0 differ ({first}); "
+                           "the policy initialisation or held-out states are not shared")
+    return runs
+
+
+def horizon(env: str) -> float:
+    return envs.make(env).horizon
+
+
+def band(runs: list[dict], axis: str, points: int = 60) -> dict:
+    """Median and 25/75 % quantiles of the cost across seeds on a common grid of `axis`
+    (each seed's curve linearly interpolated; the grid stops at the shortest run)."""
+    end = min(run["history"][-1][axis] for run in runs)
+    grid = np.linspace(0.0, end, points)
+    costs = np.array([np.interp(grid, [h[axis] for h in run["history"]],
+                                [h["cost"] for h in run["history"]]) for run in runs])
+    q25, q50, q75 = (np.nanquantile(costs, q, axis=0) for q in (0.25, 0.5, 0.75))
+    return dict(x=grid.tolist(), median=q50.tolist(), q25=q25.tolist(), q75=q75.tolist())
+
+
+def reach_ratio(ctpg: dict, bptt: dict) -> float:
+    """CTPG's oracle evaluations until its cost first reaches BPTT's final cost, over
+    BPTT's total; inf if it never does."""
+    target = bptt["final_cost"]
+    hits = [h["oracle_total_cum"] for h in ctpg["history"] if h["cost"] <= target]
+    return hits[0] / bptt["oracle_total"] if hits else math.inf
+
+
+def floor(cfg: Config, runs: dict) -> dict:
+    """The environment's floor per seed and on the median curves across seeds."""
+    ctpg, bptt = runs["ctpg"], runs["bptt"]
+    if cfg.env in EQUAL_BUDGET:
+        ratios = [c["final_cost"] / b["final_cost"] for c, b in zip(ctpg, bptt)]
+        median = float(np.median([c["final_cost"] for c in ctpg]) / np.median([b["final_cost"] for b in bptt]))
+        text = "CTPG final cost / BPTT final cost at an equal oracle budget <= 0.5"
+    else:
+        ratios = [reach_ratio(c, b) for c, b in zip(ctpg, bptt)]
+        med_c = dict(history=[dict(h, cost=float(np.median([r["history"][i]["cost"] for r in ctpg])),
+                                   oracle_total_cum=float(np.median([r["history"][i]["oracle_total_cum"]
+                                                                     for r in ctpg])))
+                              for i, h in enumerate(min((r["history"] for r in ctpg), key=len))])
+        med_b = dict(final_cost=float(np.median([b["final_cost"] for b in bptt])),
+                     oracle_total=float(np.median([b["oracle_total"] for b in bptt])))
+        median = reach_ratio(med_c, med_b)
+        text = "CTPG oracle evaluations to reach BPTT's final cost / BPTT's total <= 0.5"
+    return dict(floor=text, per_seed=ratios, seeds_holding=sum(r <= 0.5 for r in ratios),
+                median_ratio=median, holds=bool(median <= 0.5))
+
+
+def summarise(runs: list[dict]) -> dict:
+    def q(key):
+        values = [r[key] for r in runs]
+        return dict(median=float(np.median(values)), q25=float(np.quantile(values, 0.25)),
+                    q75=float(np.quantile(values, 0.75)))
+    return dict(final_cost=q("final_cost"), oracle_total=q("oracle_total"), wall_time=q("wall_time"),
+                iterations=q("iterations"), first_iteration_evals=q("first_iteration_evals"),
+                mean_iteration_evals=q("mean_iteration_evals"), statuses=[r["status"] for r in runs])
+
+
+def plot(result: dict, path):
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+    colours = {"ctpg": "tab:blue", "bptt": "tab:orange", "backsolve": "tab:green"}
+    for ax, (axis, label) in zip(axes, AXES):
+        for name, curves in result["curves"].items():
+            c = curves[axis]
+            ax.plot(c["x"], c["median"], color=colours[name], label=result["labels"][name])
+            ax.fill_between(c["x"], c["q25"], c["q75"], color=colours[name], alpha=0.25)
+        ax.set_xlabel(label)
+        if all(v > 0 for c in result["curves"].values() for v in c[axis]["q25"]):
+            ax.set_yscale("log")            # the cart-pole's cost goes negative: linear there
+    axes[0].set_ylabel("held-out cost (median, 25-75 % band)")
+    axes[0].legend(fontsize=8)
+    f = result["floor"]
+    fig.suptitle(f"{result['config']['env']}, {result['config']['seeds']} seed(s): {f['floor']}: "
+                 f"median {f['median_ratio']:.3g} -> {'holds' if f['holds'] else 'FAILS'}")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def print_summary(result: dict):
+    print(f"{'estimator':22s} {'final cost (median [25%, 75%])':>34s} {'oracle evals':>13s} "
+          f"{'evals/iter':>10s} {'wall [s]':>9s} {'iters':>6s}  status")
+    for name, s in result["summary"].items():
+        fc = s["final_cost"]
+        print(f"{result['labels'][name]:22s} {fc['median']:12.5g} [{fc['q25']:9.4g}, {fc['q75']:9.4g}] "
+              f"{s['oracle_total']['median']:13.0f} {s['mean_iteration_evals']['median']:10.0f} "
+              f"{s['wall_time']['median']:9.1f} {s['iterations']['median']:6.0f}  {','.join(s['statuses'])}")
+    f = result["floor"]
+    print(f"BPTT dt {result['bptt_dt']:g}: CTPG / BPTT oracle evaluations per iteration (median, mean over "
+          f"the run) = {result['evals_per_iteration_ratio']:.3g}")
+    print(f"floor: {f['floor']}: per seed {[round(r, 3) for r in f['per_seed']]} "
+          f"({f['seeds_holding']}/{len(f['per_seed'])} hold), median {f['median_ratio']:.3g} -> "
+          f"{'HOLDS' if f['holds'] else 'FAILS'}")
+
+
+def run(cfg: Config) -> dict:
+    defaults = agents.resolve_config(cfg.env)
+    iters = cfg.iters or defaults.iters
+    dt = cfg.bptt_dt or BPTT_DT[cfg.env]
+    per_seed = []
+    for seed in range(cfg.seeds):
+        print(f"{cfg.env} seed {seed}: training ctpg, bptt (dt {dt:g})" + (", backsolve" if cfg.backsolve else ""))
+        per_seed.append(train_seed(cfg, seed, iters, dt))
+    runs = {name: [s[name] for s in per_seed] for name in per_seed[0]}
+    summary = {name: summarise(r) for name, r in runs.items()}
+    labels = {"ctpg": "CTPG (dopri5)", "bptt": f"BPTT-Euler (dt={dt:g})", "backsolve": "Backsolve (dopri5)"}
+    curves = {name: {axis: band(r, axis) for axis, _ in AXES} for name, r in runs.items()}
+    ratio = summary["ctpg"]["mean_iteration_evals"]["median"] / summary["bptt"]["mean_iteration_evals"]["median"]
+    return dict(config=dataclasses.asdict(cfg), iters=iters, bptt_dt=dt, labels=labels,
+                evals_per_iteration_ratio=ratio, summary=summary, floor=floor(cfg, runs),
+                curves=curves, runs=runs)
+
+
+def main(argv=None) -> dict:
+    cfg, budget = parse_config(Config, argv, "ctpg bench learning", __doc__.split("\n\n")[0], PRESETS)
+    if cfg.env not in ENVS:
+        raise SystemExit(f"unknown environment {cfg.env!r} for this benchmark; choose one of: {', '.join(ENVS)}")
+    with torch_threads(cfg.threads):
+        result = dict(budget=budget, **run(cfg))
+    paths = write_results(cfg.out, f"learning_{cfg.env}", result, plot)
+    print_summary(result)
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
