@@ -1,0 +1,195 @@
+"""Helpers of benchmarks/pareto.py: policies, curve reduction, floors, plotting."""
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+METRICS = ("param_error", "full_error", "oracle_evals", "sim_calls", "wall_time", "stored_floats")
+COSTS = {"oracle_evals": "oracle evaluations (f, vjp, Jacobian per sample)",
+         "sim_calls": "MuJoCo simulator calls (mj_forward)",
+         "wall_time": "wall-clock [s]", "stored_floats": "stored floats"}
+COLORS = {"BPTT-Euler": "C0", "CTPG-dopri5": "C1", "CTPG-tsit5": "C2", "CTPG-bosh3": "C3",
+          "Backsolve": "C4", "Backsolve-ckpt10": "C5"}
+ERRORS = {"param_error": "rel. error of dL/dtheta", "full_error": "rel. error of [dL/dx0, dL/dtheta]"}
+
+
+# ------------------------------------------------------------------ policies
+class LinearPolicy(torch.nn.Module):
+    """u = -K x with K trainable."""
+
+    def __init__(self, K):
+        super().__init__()
+        self.K = torch.nn.Parameter(K.clone())
+
+    def forward(self, x):
+        return -x @ self.K.T
+
+
+class Squash(torch.nn.Module):
+    """y -> mid + 0.9 half tanh(y): strictly inside [low, high]."""
+
+    def __init__(self, low, high):
+        super().__init__()
+        self.mid, self.half = (high + low) / 2, 0.9 * (high - low) / 2
+
+    def forward(self, y):
+        return self.mid + self.half * torch.tanh(y)
+
+
+class FeedbackPlusMLP(torch.nn.Module):
+    """u = u_eq - K x + mlp(x): a fixed stabilising gain (a buffer, not trained) plus a
+    trainable MLP."""
+
+    def __init__(self, u_eq, K, mlp):
+        super().__init__()
+        self.register_buffer("u_eq", u_eq)
+        self.register_buffer("K", K)
+        self.mlp = mlp
+
+    def forward(self, x):
+        return self.u_eq - x @ self.K.T + self.mlp(x)
+
+
+def seeded_mlp(system, seed: int, hidden: int = 16, scale: float = 1.0):
+    """state -> tanh -> action MLP with torch's default init, last layer scaled by `scale`."""
+    torch.manual_seed(seed)
+    mlp = torch.nn.Sequential(torch.nn.Linear(system.state_dim, hidden), torch.nn.Tanh(),
+                              torch.nn.Linear(hidden, system.action_dim)).to(system.dtype)
+    with torch.no_grad():
+        mlp[2].weight.mul_(scale)
+        mlp[2].bias.mul_(scale)
+    return mlp
+
+
+def linearised_lqr_gain(system, x_eq, u_eq):
+    """Infinite-horizon LQR gain of the linearisation at (x_eq, u_eq), with Q and R half the
+    Hessians of the running cost there."""
+    import numpy as np
+    import scipy.linalg
+    A, B = (m[0].cpu().numpy() for m in system.jacobians(x_eq[None], u_eq[None]))
+    z = torch.cat([x_eq, u_eq])
+    d = system.state_dim
+    H = torch.autograd.functional.hessian(lambda z: system.running_cost(z[None, :d], z[None, d:]).sum(), z)
+    Q, R = 0.5 * H[:d, :d].cpu().numpy(), 0.5 * H[d:, d:].cpu().numpy()
+    P = scipy.linalg.solve_continuous_are(A, B, Q, R)
+    return torch.as_tensor(np.linalg.solve(R, B.T @ P), dtype=system.dtype, device=x_eq.device)
+
+
+# ------------------------------------------------------------ curves, floors
+def median_curves(records) -> dict:
+    """Per estimator and setting, the median over samples of each metric (and the count)."""
+    curves = {}
+    for label in dict.fromkeys(r["estimator"] for r in records):
+        rows = [r for r in records if r["estimator"] == label]
+        points = []
+        for setting in dict.fromkeys(r["setting"] for r in rows):
+            group = [r for r in rows if r["setting"] == setting]
+            points.append({key: statistics.median(r[key] for r in group) for key in METRICS}
+                          | {"setting": setting, "samples": len(group)})
+        curves[label] = points
+    return curves
+
+
+def cheapest_at(curve, target: float, cost: str, error: str):
+    """(cost, exact) at which the median error first reaches `target`, going from cheap to
+    dear: interpolated log-log between the two settings that bracket it (exact=True), the
+    cheapest point's cost if even that one reaches it (an upper bound, exact=False), or
+    (None, False) if no setting reaches it."""
+    points = sorted(curve, key=lambda p: p[cost])
+    if not points:
+        return None, False
+    if points[0][error] <= target:
+        return points[0][cost], False
+    for prev, cur in zip(points, points[1:]):
+        if prev[error] > target >= cur[error]:
+            if cur[error] <= 0 or prev[cost] <= 0:
+                return cur[cost], True
+            w = math.log(prev[error] / target) / math.log(prev[error] / cur[error])
+            return math.exp((1 - w) * math.log(prev[cost]) + w * math.log(cur[cost])), True
+    return None, False
+
+
+def floors(curves, target: float, error: str, costs) -> dict:
+    """At `target` of `error`: BPTT-Euler's cost over the best CTPG solver's for each cost
+    axis, and whether the best CTPG solver is at most as dear as each Backsolve variant, on
+    each cost axis, at every level 1e-2..1e-6 that CTPG reaches (a Backsolve that never
+    reaches a level counts as dearer).
+
+    `*_is_lower_bound` is true when CTPG's cheapest setting already beats the target, so
+    its cost there is only an upper bound and the ratio a lower bound.
+    """
+    out = {"error": error, "target": target}
+    ctpg_labels = [k for k in curves if k.startswith("CTPG")]
+
+    def best_ctpg(level, cost):
+        found = [cheapest_at(curves[k], level, cost, error) for k in ctpg_labels]
+        found = [f for f in found if f[0] is not None]
+        return min(found, default=(None, False))
+
+    for cost in costs:
+        bptt, _ = cheapest_at(curves["BPTT-Euler"], target, cost, error)
+        best, exact = best_ctpg(target, cost)
+        out[f"bptt_over_ctpg_{cost}"] = None if bptt is None or best is None else bptt / best
+        out[f"bptt_over_ctpg_{cost}_is_lower_bound"] = best is not None and not exact
+    for back in ("Backsolve", "Backsolve-ckpt10"):   # every setting may have failed: no curve
+        for cost in costs:
+            below = []
+            for level in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6):
+                ctpg_cost, _ = best_ctpg(level, cost)
+                back_cost, _ = cheapest_at(curves.get(back, []), level, cost, error)
+                if ctpg_cost is not None:
+                    below.append(back_cost is None or ctpg_cost <= back_cost)
+            out[f"ctpg_below_{back}_{cost}"] = all(below) if below else None
+    return out
+
+
+# ------------------------------------------------------------------ plotting
+def plot(result, path, costs, targets: dict):
+    """Log-log error vs cost: one column per cost axis, one row per error metric."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(ERRORS), len(costs), figsize=(4.6 * len(costs), 4.2 * len(ERRORS)),
+                             squeeze=False)
+    for row, (error, ylabel) in zip(axes, ERRORS.items()):
+        for ax, cost in zip(row, costs):
+            for label, curve in result["curves"].items():
+                rows = [r for r in result["records"] if r["estimator"] == label]
+                ax.loglog([p[cost] for p in curve], [p[error] for p in curve], "-o", ms=3, label=label,
+                          color=COLORS.get(label))
+                ax.scatter([r[cost] for r in rows], [r[error] for r in rows], s=6, alpha=0.3, color=COLORS.get(label))
+            if error in targets:
+                ax.axhline(targets[error], color="k", ls="--", lw=0.8)
+            ax.set_xlabel(COSTS[cost])
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="major", alpha=0.3)
+    for label in COLORS.keys() - result["curves"].keys():   # failed at every setting and state
+        if any(f.startswith(f"{label} ") for f in result["failures"]):
+            axes[0][0].plot([], [], "x", color=COLORS[label], label=f"{label}: failed at every setting")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=7, fontsize=9)
+    cfg = result["config"]
+    fig.suptitle(f"Gradient accuracy vs cost: {cfg['env']}" + (f" ({cfg['gain']} gain)" if cfg["env"] == "lqr" else "")
+                 + f", median of {cfg['samples']} initial states (dots: single states; dashed: target)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_summary(result):
+    print(f"{'estimator':18s} {'setting':>9s} {'param err':>10s} {'full err':>10s} {'oracle':>9s} "
+          f"{'sim':>8s} {'seconds':>8s} {'floats':>9s} {'ok':>3s}")
+    for label, curve in result["curves"].items():
+        for p in curve:
+            print(f"{label:18s} {p['setting']:9.1e} {p['param_error']:10.2e} {p['full_error']:10.2e} "
+                  f"{p['oracle_evals']:9.0f} {p['sim_calls']:8.0f} {p['wall_time']:8.3f} "
+                  f"{p['stored_floats']:9.0f} {p['samples']:3d}")
+    for failure in result["failures"]:
+        print(f"failed: {failure}")
+    for name, table in result["floors"].items():
+        print(f"floors on {name}" + ("  (primary)" if name == result["primary_error"] else ""))
+        for key, value in table.items():
+            if not key.endswith("_is_lower_bound"):
+                bound = ">= " if table.get(f"{key}_is_lower_bound") else ""
+                print(f"  {key}: {bound}{value:.3g}" if isinstance(value, float) else f"  {key}: {value}")

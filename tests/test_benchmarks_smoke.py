@@ -1,0 +1,160 @@
+"""Each benchmark script runs on its smallest budget and writes well-formed JSON and a PNG."""
+import json
+import math
+
+import pytest
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _numbers(value):
+    """Every number nested in a JSON value (bools excluded)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value
+    return [n for item in items for n in _numbers(item)]
+
+
+def _read_outputs(folder, stem):
+    result = json.loads((folder / f"{stem}.json").read_text())
+    assert (folder / f"{stem}.png").read_bytes()[:8] == PNG_SIGNATURE
+    return result
+
+
+def test_backsolve_failure_smoke(tmp_path):
+    from benchmarks import backsolve_failure
+
+    backsolve_failure.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "backsolve_failure")
+    assert {"config", "budget", "optimum", "summary", "runs"} <= result.keys()
+    assert result["budget"] == "smoke"
+    assert result["optimum"]["closed_form"] == pytest.approx(2.0)
+    assert result["optimum"]["exact_cost_riccati_gain"] == pytest.approx(2.0, rel=1e-10)
+    for name in ("backsolve", "ctpg"):
+        rows = result["runs"][name]["rows"]
+        assert len(rows) == result["config"]["iters"]
+        for row in rows:
+            assert {"loss", "grad_norm", "oracle_evals", "wall_time"} <= row.keys()
+            assert row["loss"] > 0 and row["oracle_evals"] > 0
+        assert all(math.isfinite(n) for n in _numbers(result["summary"][name]))
+    assert all(r["reconstruction_error"] >= 0 for r in result["runs"]["backsolve"]["rows"])
+    # the first iterations are far from the stabilising regime: both gradients agree there
+    assert result["summary"]["backsolve"]["max_grad_rel_error"] < 1e-4
+
+
+def test_torchdiffeq_compare_smoke(tmp_path):
+    pytest.importorskip("torchdiffeq")
+    from benchmarks import torchdiffeq_compare
+
+    torchdiffeq_compare.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "torchdiffeq_compare")
+    assert {"config", "budget", "evals_convention", "systems"} <= result.keys()
+    assert set(result["systems"]) == {"lqr", "diffdrive"}
+    tolerances = result["config"]["tolerances"]
+    for name, res in result["systems"].items():
+        assert {"check", "points", "failures", "floor"} <= res.keys()
+        methods = {p["method"] for p in res["points"]} | {f["method"] for f in res["failures"]}
+        assert methods == set(torchdiffeq_compare.METHODS)
+        assert len(res["points"]) + len(res["failures"]) == len(methods) * len(tolerances)
+        for point in res["points"]:
+            assert all(math.isfinite(point[k]) and point[k] >= 0 for k in ("rel_error", "wall_time"))
+            assert point["evals"] > 0
+        assert isinstance(res["floor"]["ctpg-dopri5_below_adjoint"]["holds"], bool)
+    assert result["systems"]["diffdrive"]["check"]["fd_max_rel_error"] < 1e-5
+    ctpg_points = [p for p in result["systems"]["lqr"]["points"] if p["method"] == "ctpg-dopri5"]
+    assert min(p["rel_error"] for p in ctpg_points) < 1e-4
+
+
+# ---------------------------------------------------------------- benchmarks/pareto.py
+PARETO_LABELS = {"BPTT-Euler", "CTPG-dopri5", "CTPG-tsit5", "CTPG-bosh3", "Backsolve", "Backsolve-ckpt10"}
+PARETO_METRICS = {"param_error", "full_error", "oracle_evals", "sim_calls", "wall_time", "stored_floats"}
+
+
+def _check_pareto(result, primary):
+    assert {"config", "budget", "records", "failures", "curves", "floors", "primary_error", "reference"} <= result.keys()
+    assert result["budget"] == "smoke" and result["primary_error"] == primary
+    assert result["records"] and set(result["curves"]) <= PARETO_LABELS
+    assert {"BPTT-Euler", "CTPG-dopri5"} <= set(result["curves"])
+    for record in result["records"]:
+        assert PARETO_METRICS <= record.keys()
+        assert all(math.isfinite(record[k]) and record[k] >= 0 for k in PARETO_METRICS)
+        assert record["oracle_evals"] > 0 and record["stored_floats"] > 0
+    for curve in result["curves"].values():
+        assert all(math.isfinite(n) for n in _numbers(curve))
+    assert set(result["floors"]) == {"param_error", "full_error"}
+    for table in result["floors"].values():
+        assert "bptt_over_ctpg_oracle_evals" in table and "ctpg_below_Backsolve_oracle_evals" in table
+        assert all(math.isfinite(n) for n in _numbers(table))
+
+
+def test_pareto_smoke_lqr(tmp_path):
+    from benchmarks import pareto
+
+    pareto.main(["--smoke", "--env", "lqr", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "pareto_lqr_optimal")
+    _check_pareto(result, primary="full_error")   # at the optimum dL/dtheta ~ 1e-8
+    assert result["reference"].startswith("exact")
+    # CTPG at 1e-3 against the exact gradient
+    ctpg = {p["setting"]: p for p in result["curves"]["CTPG-dopri5"]}
+    assert ctpg[1e-3]["full_error"] < 1e-2
+
+
+def test_pareto_smoke_nonlinear_reference_checked(tmp_path, capsys):
+    from benchmarks import pareto
+
+    pareto.main(["--smoke", "--env", "diffdrive", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "pareto_diffdrive")
+    _check_pareto(result, primary="param_error")
+    assert "central differences" in result["reference"]
+    assert capsys.readouterr().out.count("reference gradient checked") == 2   # own and random direction
+
+
+@pytest.mark.parametrize("corruption", ["scaled", "orthogonal"])
+def test_pareto_smoke_reference_check_raises(tmp_path, monkeypatch, corruption):
+    import torch
+
+    from benchmarks import pareto
+
+    check = pareto.check_against_finite_differences
+
+    def corrupted(estimator, system, policy, x0, theta, gx=None, **kwargs):
+        if corruption == "scaled":      # an error along the gradient: 1 %
+            wrong = 1.01 * theta
+        else:                           # an error across it: 1 % of |theta|, orthogonal to theta
+            noise = torch.randn(theta.shape, generator=torch.Generator().manual_seed(5), dtype=theta.dtype)
+            noise = noise - (noise @ theta) / (theta @ theta) * theta
+            wrong = theta + 0.01 * theta.norm() * noise / noise.norm()
+        return check(estimator, system, policy, x0, wrong, gx, **kwargs)
+
+    monkeypatch.setattr(pareto, "check_against_finite_differences", corrupted)
+    direction = "own" if corruption == "scaled" else "random"   # the check that catches each
+    with pytest.raises(RuntimeError, match=f"disagrees with central differences along its {direction} direction"):
+        pareto.main(["--smoke", "--env", "diffdrive", "--out", str(tmp_path)])
+    assert not list(tmp_path.glob("pareto_*"))
+
+
+# ---------------------------------------------------------------- benchmarks/learning.py
+def test_learning_smoke(tmp_path):
+    from benchmarks import learning
+
+    learning.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "learning_diffdrive")
+    assert {"config", "budget", "bptt_dt", "summary", "floor", "curves", "runs"} <= result.keys()
+    assert result["budget"] == "smoke" and result["bptt_dt"] == pytest.approx(0.1)
+    assert {"ctpg", "bptt"} <= result["runs"].keys()
+    for name in ("ctpg", "bptt"):
+        runs = result["runs"][name]
+        assert len(runs) == result["config"]["seeds"] == 1
+        for run in runs:
+            assert run["iterations"] == result["iters"] and run["oracle_total"] > 0
+            assert [h["step"] for h in run["history"]] == [0, 2, 4]
+            assert all(math.isfinite(n) for n in _numbers(run["history"]))
+        assert all(math.isfinite(n) for n in _numbers(result["summary"][name]))
+        assert set(result["curves"][name]) == {"step", "oracle_total_cum", "wall_time"}
+        assert all(math.isfinite(n) for n in _numbers(result["curves"][name]))
+    # same seed: same initial policy and held-out states, so the first evaluations agree
+    assert result["runs"]["ctpg"][0]["history"][0]["cost"] == result["runs"]["bptt"][0]["history"][0]["cost"]
+    assert isinstance(result["floor"]["holds"], bool)
+    assert (tmp_path / "runs" / "diffdrive__ctpg__0" / "checkpoint.pt").exists()
