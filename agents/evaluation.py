@@ -43,13 +43,10 @@ def rollout(system, policy, x0: torch.Tensor, horizon: float, *, method: str = "
     Jacobians) plus n_times evaluations of the dense output. Raises whatever the
     solver raises when the closed loop blows up (step size underflow, max steps).
     """
+    from ctpg.estimators.adjoint import closed_loop_rhs
     from ctpg.solvers import solve
     d = system.state_dim
-
-    def closed_loop(t, y):
-        x = y[:, :d]
-        u = policy(x)
-        return torch.cat([system.f(x, u), system.running_cost(x, u)[:, None]], 1)
+    closed_loop = closed_loop_rhs(system, policy)
 
     with torch.no_grad():
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)

@@ -6,6 +6,8 @@ import statistics
 
 import torch
 
+from agents.policies import Squash
+
 METRICS = ("param_error", "full_error", "oracle_evals", "sim_calls", "wall_time", "stored_floats")
 COSTS = {"oracle_evals": "oracle evaluations (f, vjp, Jacobian per sample)",
          "sim_calls": "MuJoCo simulator calls (mj_forward)",
@@ -27,15 +29,10 @@ class LinearPolicy(torch.nn.Module):
         return -x @ self.K.T
 
 
-class Squash(torch.nn.Module):
-    """y -> mid + 0.9 half tanh(y): strictly inside [low, high]."""
-
-    def __init__(self, low, high):
-        super().__init__()
-        self.mid, self.half = (high + low) / 2, 0.9 * (high - low) / 2
-
-    def forward(self, y):
-        return self.mid + self.half * torch.tanh(y)
+def inner_squash(low, high, fraction: float = 0.9):
+    """y -> mid + fraction half tanh(y): strictly inside [low, high]."""
+    mid, half = (high + low) / 2, fraction * (high - low) / 2
+    return Squash(mid - half, mid + half)
 
 
 class FeedbackPlusMLP(torch.nn.Module):

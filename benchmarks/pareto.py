@@ -32,7 +32,7 @@ import torch
 
 import ctpg
 import envs
-from benchmarks._common import (FeedbackPlusMLP, LinearPolicy, Squash, floors, linearised_lqr_gain,
+from benchmarks._common import (FeedbackPlusMLP, LinearPolicy, floors, inner_squash, linearised_lqr_gain,
                                 median_curves, plot, print_summary, seeded_mlp)
 from benchmarks._config import parse_config, torch_threads, write_results
 
@@ -100,7 +100,7 @@ def make_policy(system, cfg: Config):
         x_eq = torch.zeros(system.state_dim, dtype=system.dtype, device=system.device)
         return FeedbackPlusMLP(system.hover_action, linearised_lqr_gain(system, x_eq, system.hover_action), mlp)
     if system.action_low is not None:
-        return torch.nn.Sequential(mlp, Squash(system.action_low, system.action_high))
+        return torch.nn.Sequential(mlp, inner_squash(system.action_low, system.action_high))
     return mlp
 
 

@@ -36,8 +36,7 @@ class Backsolve(Estimator):
         return f"Backsolve(method={self.method!r}, rtol={self.rtol}, atol={self.atol}, checkpoints={self.checkpoints})"
 
     def _solve(self, rhs, y, t0, t1):
-        dt = None if self.dt is None else self.dt
-        return solve(rhs, y, t0, t1, method=self.method, rtol=self.rtol, atol=self.atol, dt=dt,
+        return solve(rhs, y, t0, t1, method=self.method, rtol=self.rtol, atol=self.atol, dt=self.dt,
                      max_steps=self.max_steps)
 
     def _forward(self, problem):

@@ -42,8 +42,11 @@ def error_ratio(err, y0, y1, rtol, atol) -> float:
     """RMS over all components of err / (atol + rtol * max(|y0|, |y1|)); a step is
     accepted when this is <= 1. rtol and atol may be floats or tensors that broadcast
     against y (per-component tolerances)."""
-    scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
-    return float(torch.sqrt(torch.mean((err / scale) ** 2)))
+    return _rms(err / (atol + rtol * torch.maximum(y0.abs(), y1.abs())))
+
+
+def _rms(v: torch.Tensor) -> float:
+    return float(torch.sqrt(torch.mean(v ** 2)))
 
 
 def initial_step(func, t0, y0, f0, order: int, rtol, atol, direction: float) -> float:
@@ -52,11 +55,10 @@ def initial_step(func, t0, y0, f0, order: int, rtol, atol, direction: float) -> 
     Costs one extra call of func.
     """
     scale = atol + rtol * y0.abs()
-    d0 = float(torch.sqrt(torch.mean((y0 / scale) ** 2)))
-    d1 = float(torch.sqrt(torch.mean((f0 / scale) ** 2)))
+    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     f1 = func(t0 + direction * h0, y0 + direction * h0 * f0)
-    d2 = float(torch.sqrt(torch.mean(((f1 - f0) / scale) ** 2))) / h0
+    d2 = _rms((f1 - f0) / scale) / h0
     if max(d1, d2) <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:
