@@ -158,6 +158,27 @@ class ControlSystem:
                 f"{name}: action must have shape [{x.shape[0]}, {self.action_dim}] to match the "
                 f"state batch, got {tuple(u.shape)}")
 
+    @property
+    def vjp_by_autograd(self) -> bool:
+        """True when `vjp` is the default autograd pass through `f` (f written in torch)."""
+        return getattr(type(self).vjp, "__wrapped__", None) is _default_vjp
+
+    def f_for_vjp(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """f(x, u) left in the autograd graph for one reverse pass by the caller, which
+        may fuse it with its own (policy, cost). Counted as one vjp, not as an f
+        evaluation: it stands for exactly the vjp the caller would otherwise call.
+        Only for systems with vjp_by_autograd; raises TypeError otherwise."""
+        if not self.vjp_by_autograd:
+            raise TypeError(f"{type(self).__name__} overrides vjp; call system.vjp instead of f_for_vjp")
+        self.check_inputs(x, u)
+        self._oracle_depth += 1         # the nested f is part of this vjp, not an f call
+        try:
+            out = self.f(x, u)
+        finally:
+            self._oracle_depth -= 1
+        self.counter.record("vjp", x.shape[0])
+        return out
+
     def f_autograd(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """f as a torch op whose backward calls `vjp`, so autograd (BPTT) works on any
         system, black-box simulators included, and each backward is counted as a vjp."""
@@ -234,5 +255,6 @@ def finite_difference_jacobians(f, x: torch.Tensor, u: torch.Tensor, eps: float 
 
 
 # The base class's own default oracles are counted like overrides are.
+_default_vjp = ControlSystem.vjp
 ControlSystem.vjp = _counted("vjp", ControlSystem.vjp)
 ControlSystem.jacobians = _counted("jac", ControlSystem.jacobians)

@@ -181,6 +181,58 @@ def test_ctpg_mlp_gradient_matches_central_differences(estimator):
     assert float((x0.grad * v).sum()) == pytest.approx(fd_x0, rel=1e-6)
 
 
+class VanDerPolExplicitVjp(ControlledVanDerPol):
+    """The same system with vjp overridden (by hand-written derivatives), so the
+    estimators take the unfused path: system.vjp, then autograd through policy and cost."""
+
+    def vjp(self, x, u, a):
+        x1, x2 = x[:, 0], x[:, 1]
+        gx = torch.stack([-a[:, 1] * (2 * x1 * x2 + 1), a[:, 0] + a[:, 1] * (1 - x1 ** 2)], 1)
+        return gx, a[:, 1:2]
+
+
+@pytest.mark.parametrize("make", [lambda: CTPG(rtol=1e-8, atol=1e-8), lambda: Backsolve(rtol=1e-8, atol=1e-8)],
+                         ids=["ctpg", "backsolve"])
+def test_fused_autograd_vjp_equals_explicit_vjp_path_and_counts_the_same(make):
+    # Systems whose vjp is autograd through f get f, policy and cost differentiated in
+    # one reverse pass; the result and the oracle counts must equal the two-pass path.
+    results = []
+    for system in (ControlledVanDerPol(), VanDerPolExplicitVjp()):
+        torch.manual_seed(0)
+        policy = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to(DT)
+        x0 = system.sample_initial_state(3, torch.Generator().manual_seed(1)).requires_grad_(True)
+        loss, info = make()(system, policy, x0)
+        loss.backward()
+        grads = torch.cat([x0.grad.reshape(-1)] + [p.grad.reshape(-1) for p in policy.parameters()])
+        results.append((system.vjp_by_autograd, grads, info.backward.oracle))
+    (fused, g_fused, counts_fused), (unfused, g_unfused, counts_unfused) = results
+    assert fused and not unfused
+    assert torch.allclose(g_fused, g_unfused, rtol=1e-12, atol=1e-14)
+    assert counts_fused == counts_unfused and counts_fused["vjp_evals"] > 0
+
+
+def test_f_for_vjp_counts_one_vjp_and_refuses_overridden_vjp():
+    system = ControlledVanDerPol()
+    x, u = torch.zeros(5, 2, dtype=DT), torch.zeros(5, 1, dtype=DT)
+    system.f_for_vjp(x, u)
+    assert (system.counter.vjp_evals, system.counter.f_evals) == (5, 0)
+    with pytest.raises(ValueError, match=r"shape \[N, 2\]"):
+        system.f_for_vjp(torch.zeros(5, 3, dtype=DT), u)
+    with pytest.raises(TypeError, match="overrides vjp"):
+        VanDerPolExplicitVjp().f_for_vjp(x, u)
+
+
+def test_adjoint_seminorm_keeps_the_gradient_accurate():
+    # Step control on lam alone: mu rides along. Checked against the exact LQR
+    # gradient at a tolerance where both norms must be accurate.
+    system, K, bias, x0, exact = lqr_problem()
+    for semi in (False, True):
+        grads, _, info = estimate(CTPG(rtol=1e-8, atol=1e-8, adjoint_seminorm=semi), system, K, bias, x0)
+        for got, want in zip(grads, exact):
+            assert rel(got, want) < 1e-5
+    assert "adjoint_seminorm=True" in repr(CTPG(adjoint_seminorm=True))
+
+
 def test_loss_composes_with_other_torch_code_and_plain_callables():
     system, K, bias, x0, exact = lqr_problem()
     Kp = K.clone().requires_grad_(True)

@@ -81,6 +81,26 @@ def test_per_component_tolerances():
     assert sol_mixed.steps_accepted > sol_loose.steps_accepted
 
 
+def test_error_on_restricts_the_step_control_to_some_components():
+    # y = [the test system (2 columns), a fast-varying quadrature q' = sin(40 t)]:
+    # with the quadrature in the norm the steps follow it; left out, they follow the
+    # test system alone, which must still meet the tolerance.
+    def with_quadrature(t, y):
+        q = torch.full_like(y[:, :1], math.sin(40 * t))
+        return torch.cat([rhs(t, y[:, :2]), q], 1)
+
+    y0 = torch.cat([Y0, torch.zeros(2, 1, dtype=Y0.dtype)], 1)
+    full = solve(with_quadrature, y0, 0.0, 3.0, method="dopri5", rtol=1e-8, atol=1e-8)
+    semi = solve(with_quadrature, y0, 0.0, 3.0, method="dopri5", rtol=1e-8, atol=1e-8, error_on=slice(0, 2))
+    alone = solve(rhs, Y0, 0.0, 3.0, method="dopri5", rtol=1e-8, atol=1e-8)
+    assert semi.steps_accepted < full.steps_accepted / 2
+    assert abs(semi.steps_accepted - alone.steps_accepted) <= 2
+    assert float((semi.y1[:, :2] - exact(3.0)).abs().max()) < 1e-6
+    tol = torch.full((3,), 1e-8, dtype=Y0.dtype)      # per-component tolerances follow the slice
+    semi_tensor = solve(with_quadrature, y0, 0.0, 3.0, method="dopri5", rtol=tol, atol=tol, error_on=slice(0, 2))
+    assert semi_tensor.steps_accepted == semi.steps_accepted
+
+
 def test_trajectory_refuses_to_extrapolate():
     path = solve(rhs, Y0, 0.0, 1.0, method="rk4", dt=0.1, dense=True).trajectory
     with pytest.raises(ValueError, match="outside the stored trajectory"):

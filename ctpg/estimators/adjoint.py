@@ -27,17 +27,26 @@ def closed_loop_rhs(system, policy, f=None):
 def adjoint_derivatives(system, policy, params, x, lam, cost_weight):
     """(dlam/dt [N,d], dmu/dt [P] flat, u) at states x with adjoints lam.
 
-    Costs one counted `system.vjp` plus one reverse pass through the policy and the
-    running cost (those are autograd, not oracle calls).
+    Costs one counted vjp plus one reverse pass through the policy and the running
+    cost (autograd, not oracle calls). A system whose vjp is autograd through its
+    torch f (system.vjp_by_autograd) gets both in a single reverse pass over f, the
+    policy and the cost together, still counted as one vjp; other systems (analytic
+    or finite-difference derivatives) are asked for lam^T f_x, lam^T f_u by
+    system.vjp and the policy and cost are differentiated after it.
     """
     with torch.enable_grad():
         x_ = x.detach().requires_grad_(True)
         u = policy(x_)
-        a_x, a_u = system.vjp(x_.detach(), u.detach(), lam)
-        total = cost_weight * system.running_cost(x_, u).sum() + (a_u * u).sum()
+        total = cost_weight * system.running_cost(x_, u).sum()
+        if system.vjp_by_autograd:
+            total = total + (lam * system.f_for_vjp(x_, u)).sum()
+            a_x = 0.0
+        else:
+            a_x, a_u = system.vjp(x_.detach(), u.detach(), lam)
+            total = total + (a_u * u).sum()
         if total.requires_grad:
             grads = torch.autograd.grad(total, [x_, *params], allow_unused=True)
-        else:                            # neither cost nor policy depends on x or theta
+        else:                            # neither f, cost nor policy depends on x or theta
             grads = [None] * (1 + len(params))
     g_x = grads[0] if grads[0] is not None else torch.zeros_like(x)
     g_theta = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[1:], params)]

@@ -41,13 +41,17 @@ class _CountingFunc:
 
 def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5",
           rtol=None, atol=None, dt: float | None = None, first_step: float | None = None,
-          max_steps: int = 100_000, min_step: float | None = None, dense: bool = False) -> Solution:
+          max_steps: int = 100_000, min_step: float | None = None, dense: bool = False,
+          error_on: slice | None = None) -> Solution:
     """Integrate from t0 to t1 (t1 < t0 integrates backwards in time).
 
     Fixed steps when `dt` is given (the interval is split into ceil(|t1-t0|/dt) equal
     steps) or the method has no error estimate; adaptive steps otherwise, with the
     error measured as an RMS over every component of y (one step size for the whole
-    batch) and a PI controller. Adaptive solves need rtol and atol.
+    batch) and a PI controller. Adaptive solves need rtol and atol. `error_on`, a
+    slice of y's last axis, restricts that norm to some components (a seminorm: the
+    others are carried along at the steps the chosen ones need, e.g. a pure
+    quadrature whose error does not feed back into the rest).
 
     Cost: (stages - 1) func calls per attempted step for FSAL methods, stages for the
     others, plus one for f(t0) and one for the automatic first step. Raises
@@ -67,7 +71,8 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
         raise ValueError("dense output is only kept for forward-in-time solves (t1 > t0)")
     func = _CountingFunc(func)
     if adaptive:
-        return _solve_adaptive(func, tableau, y0, t0, t1, rtol, atol, first_step, max_steps, min_step, dense)
+        return _solve_adaptive(func, tableau, y0, t0, t1, rtol, atol, first_step, max_steps, min_step, dense,
+                               error_on)
     return _solve_fixed(func, tableau, y0, t0, t1, dt, max_steps, dense)
 
 
@@ -94,12 +99,16 @@ def _solve_fixed(func, tableau, y, t0, t1, dt, max_steps, dense):
     return Solution(y, n, 0, func.calls, times, trajectory)
 
 
-def _solve_adaptive(func, tableau, y, t0, t1, rtol, atol, first_step, max_steps, min_step, dense):
+def _solve_adaptive(func, tableau, y, t0, t1, rtol, atol, first_step, max_steps, min_step, dense,
+                    error_on=None):
+    select = (lambda v: v) if error_on is None else (lambda v: v[..., error_on])
+    if error_on is not None:        # per-component tolerances follow the same selection
+        rtol, atol = (select(tol) if torch.is_tensor(tol) and tol.dim() else tol for tol in (rtol, atol))
     direction = 1.0 if t1 > t0 else -1.0
     span = abs(t1 - t0)
     min_step = 1e-12 * span if min_step is None else min_step
     f0 = func(t0, y)
-    h = first_step or initial_step(func, t0, y, f0, tableau.order, rtol, atol, direction)
+    h = first_step or initial_step(func, t0, y, f0, tableau.order, rtol, atol, direction, select)
     h = min(h, span)
     controller = PIController(tableau.error_order)
     t, times, segments = t0, [t0], []
@@ -113,7 +122,7 @@ def _solve_adaptive(func, tableau, y, t0, t1, rtol, atol, first_step, max_steps,
         if h >= remaining or remaining - h < 1e-10 * span:
             h = remaining      # land exactly on t1 instead of leaving a sliver
         y1, err, stages = rk_step(tableau, func, t, y, direction * h, f0)
-        ok, factor = controller.propose(error_ratio(err, y, y1, rtol, atol))
+        ok, factor = controller.propose(error_ratio(select(err), select(y), select(y1), rtol, atol))
         if ok:
             t_next = t1 if h == remaining else t + direction * h
             f1 = stages[-1] if tableau.fsal else func(t_next, y1)

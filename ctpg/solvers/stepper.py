@@ -49,16 +49,19 @@ def _rms(v: torch.Tensor) -> float:
     return float(torch.sqrt(torch.mean(v ** 2)))
 
 
-def initial_step(func, t0, y0, f0, order: int, rtol, atol, direction: float) -> float:
+def initial_step(func, t0, y0, f0, order: int, rtol, atol, direction: float,
+                 select=None) -> float:
     """Automatic first step (Hairer, Norsett & Wanner, Solving ODEs I, II.4).
 
-    Costs one extra call of func.
+    `select` (a function of a y-shaped tensor) picks the components that control the
+    step, as in the solve's error norm. Costs one extra call of func.
     """
-    scale = atol + rtol * y0.abs()
-    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+    select = select or (lambda v: v)
+    scale = atol + rtol * select(y0).abs()
+    d0, d1 = _rms(select(y0) / scale), _rms(select(f0) / scale)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     f1 = func(t0 + direction * h0, y0 + direction * h0 * f0)
-    d2 = _rms((f1 - f0) / scale) / h0
+    d2 = _rms(select(f1 - f0) / scale) / h0
     if max(d1, d2) <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:
