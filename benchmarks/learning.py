@@ -8,14 +8,15 @@ held-out evaluation states (eval_seed): both estimators see the same states, and
 script checks that their evaluations at iteration 0 agree exactly.
 
 BPTT's Euler step is the paper's: 0.01 for the cart-pole, 0.05 for the quadrotor; for
-the differential drive one matched in compute. There CTPG's first iteration (dopri5,
-rtol 1e-3, atol 1e-4, 16 states, T = 5) took 1408 oracle evaluations and its next
-ones 1600, while BPTT takes 2 * 16 * T / dt, so dt = 0.1 (1600 per iteration). CTPG's
-cost per iteration grows as the policy stiffens (3462 on average over the default
-400 iterations, seeds 0-1), so over a whole run this dt makes BPTT about half as dear
-per iteration; the measured ratio is printed and stored with the results. On the
-quadrotor BPTT runs ceil(budget / (2 * 32 * T / dt)) iterations with max_oracle_evals
-= CTPG's total, so it may overshoot the budget by less than one iteration.
+the differential drive one matched in compute to CTPG's first iteration: with CTPG's
+first iteration spending E oracle evaluations on B states, BPTT (one f and one vjp
+per state and Euler step) gets dt = T / ceil(E / 2B), measured on seed 0's run and
+kept for every seed. CTPG's cost per iteration grows as the policy stiffens, so over
+a whole run BPTT is cheaper per iteration; the measured ratio is printed and stored
+with the results, and the floor counts every evaluation either way. On the
+quadrotor BPTT runs ceil(budget / (2 * 32 * T / dt)) iterations with
+max_oracle_evals = CTPG's total, so it may overshoot the budget by less than one
+iteration.
 
 Curves: held-out cost (the accurate evaluation, rtol 1e-7) against iterations,
 cumulative training oracle evaluations and wall-clock (training and evaluations),
@@ -44,7 +45,7 @@ import envs
 from benchmarks._config import parse_config, torch_threads, write_results
 
 ENVS = ("diffdrive", "quadrotor", "cartpole")
-BPTT_DT = {"cartpole": 0.01, "quadrotor": 0.05, "diffdrive": 0.1}
+BPTT_DT = {"cartpole": 0.01, "quadrotor": 0.05}   # diffdrive: matched to CTPG (see above)
 EQUAL_BUDGET = {"quadrotor"}      # BPTT trains on CTPG's oracle budget
 AXES = (("step", "iterations"), ("oracle_total_cum", "training oracle evaluations"),
         ("wall_time", "wall-clock [s]"))
@@ -61,7 +62,7 @@ class Config:
     eval_every: int = 0
     """evaluate every this many iterations (0: the environment's default)"""
     bptt_dt: float = 0.0
-    """BPTT's Euler step (0: the paper's, cartpole 0.01, quadrotor 0.05, diffdrive 0.1 matched in compute)"""
+    """BPTT's Euler step (0: the paper's, cartpole 0.01, quadrotor 0.05, diffdrive matched to CTPG's first iteration)"""
     backsolve: bool = False
     """also train with Backsolve (CTPG's tolerances); a run that diverges is reported as such"""
     threads: int = 1
@@ -93,15 +94,19 @@ def train_one(cfg: Config, estimator: str, seed: int, **overrides) -> dict:
                 dt=result.config.dt, history=history)
 
 
-def train_seed(cfg: Config, seed: int, iters: int, dt: float) -> dict:
-    """CTPG, then BPTT (on CTPG's budget where the floor asks), then optionally Backsolve."""
+def train_seed(cfg: Config, seed: int, iters: int, dt: float | None) -> dict:
+    """CTPG, then BPTT (on CTPG's budget where the floor asks; with dt None, at the dt
+    matched to this CTPG run's first iteration), then optionally Backsolve."""
     runs = {"ctpg": train_one(cfg, "ctpg", seed, iters=iters)}
+    batch = agents.resolve_config(cfg.env).batch_size
+    steps = lambda dt: math.ceil(horizon(cfg.env) / dt - 1e-9)      # noqa: E731
+    if dt is None:
+        dt = horizon(cfg.env) / max(1, math.ceil(runs["ctpg"]["first_iteration_evals"] / (2 * batch)))
     bptt = dict(iters=iters, dt=dt)
     if cfg.env in EQUAL_BUDGET:
         budget = runs["ctpg"]["oracle_total"]
         # BPTT-Euler: one f and one vjp per state and Euler step
-        per_iter = 2 * agents.resolve_config(cfg.env).batch_size * math.ceil(horizon(cfg.env) / dt - 1e-9)
-        bptt.update(max_oracle_evals=budget, iters=max(1, math.ceil(budget / per_iter)))
+        bptt.update(max_oracle_evals=budget, iters=max(1, math.ceil(budget / (2 * batch * steps(dt)))))
     runs["bptt"] = train_one(cfg, "bptt", seed, **bptt)
     if cfg.backsolve:
         runs["backsolve"] = train_one(cfg, "backsolve", seed, iters=iters)
@@ -206,11 +211,13 @@ def print_summary(result: dict):
 def run(cfg: Config) -> dict:
     defaults = agents.resolve_config(cfg.env)
     iters = cfg.iters or defaults.iters
-    dt = cfg.bptt_dt or BPTT_DT[cfg.env]
+    dt = cfg.bptt_dt or BPTT_DT.get(cfg.env)          # None: matched on seed 0, then kept
     per_seed = []
     for seed in range(cfg.seeds):
-        print(f"{cfg.env} seed {seed}: training ctpg, bptt (dt {dt:g})" + (", backsolve" if cfg.backsolve else ""))
+        print(f"{cfg.env} seed {seed}: training ctpg, bptt (dt {'matched' if dt is None else f'{dt:g}'})"
+              + (", backsolve" if cfg.backsolve else ""))
         per_seed.append(train_seed(cfg, seed, iters, dt))
+        dt = per_seed[-1]["bptt"]["dt"]
     runs = {name: [s[name] for s in per_seed] for name in per_seed[0]}
     summary = {name: summarise(r) for name, r in runs.items()}
     labels = {"ctpg": "CTPG (dopri5)", "bptt": f"BPTT-Euler (dt={dt:g})", "backsolve": "Backsolve (dopri5)"}

@@ -57,7 +57,7 @@ class CTPG(Estimator):
                         dense=problem.keep_for_backward)
             xT = sol.y1[:, :d]
             costs = sol.y1[:, d] + system.terminal_cost(xT)
-        problem.saved.update(trajectory=sol.trajectory, xT=xT)
+        problem.saved.update(trajectory=sol.trajectory, xT=xT, first_step=backward_first_step(sol.times))
         stored = sol.trajectory.stored_floats if sol.trajectory is not None else 0
         return costs, sol.steps_accepted, sol.steps_rejected, stored
 
@@ -78,7 +78,20 @@ class CTPG(Estimator):
         z_T = torch.cat([lam_T.reshape(-1), lam_T.new_zeros(num_params(params))])
         sol = solve(rhs, z_T, problem.T, 0.0, method=self.adjoint_method, rtol=self.adjoint_rtol,
                     atol=self.adjoint_atol, dt=self.adjoint_dt, max_steps=self.max_steps,
+                    first_step=problem.saved["first_step"],
                     error_on=slice(0, n_lam) if self.adjoint_seminorm else None)
         problem.saved.clear()
         grads = (sol.y1[:n_lam].view(n, d), unflatten(sol.y1[n_lam:], params))
         return grads, (sol.steps_accepted, sol.steps_rejected)
+
+
+def backward_first_step(times) -> float | None:
+    """First step of the adjoint solve: the forward solve's last step, [t_{n-1}, T].
+
+    The adjoint runs on the linearisation of the forward dynamics, so their time
+    scales agree, and this step spans exactly the spline's last piece (no knot of
+    the piecewise-polynomial x(t) inside it). The generic starting heuristic instead
+    begins from lam(T), often zero (no terminal cost), where it picks a tiny step and
+    spends several steps growing it. A poor guess only costs a rejected step.
+    """
+    return times[-1] - times[-2] if len(times) > 1 else None
