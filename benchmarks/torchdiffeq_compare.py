@@ -69,7 +69,7 @@ class Config:
 
 
 PRESETS = {"smoke": dict(tolerances=(1e-3, 1e-6), repeats=1, batch=2, fd_directions=1),
-           "full": dict(tolerances=tuple(10 ** (-k / 2) for k in range(4, 21)), repeats=5, batch=8)}
+           "full": dict(tolerances=tuple(10 ** (-k / 2) for k in range(1, 21)), repeats=5, batch=8)}
 
 
 class FeatureMLP(torch.nn.Sequential):

@@ -233,6 +233,24 @@ def test_adjoint_seminorm_keeps_the_gradient_accurate():
     assert "adjoint_seminorm=True" in repr(CTPG(adjoint_seminorm=True))
 
 
+def test_adjoint_starts_with_the_forward_last_step_and_stays_accurate_without_terminal_cost():
+    from ctpg.estimators.ctpg import backward_first_step
+    assert backward_first_step([0.0, 0.5, 1.2, 2.0]) == pytest.approx(0.8)
+    assert backward_first_step([0.0]) is None
+    # lam(T) = 0 without a terminal cost: the case where the generic first-step rule
+    # starts tiny; the forward's step must still give an accurate adjoint.
+    system = LQR()
+    gen = torch.Generator().manual_seed(3)
+    K = system.optimal_gain() + 0.3 * torch.randn(2, 2, generator=gen, dtype=DT)
+    x0 = system.sample_initial_state(4, gen)
+    K_ = K.clone().requires_grad_(True)
+    system.exact_cost(K_, x0).mean().backward()
+    for tol, bound in ((1e-6, 1e-4), (1e-9, 1e-7)):
+        grads, _, info = estimate(CTPG(rtol=tol, atol=tol), system, K, torch.zeros(2, dtype=DT), x0)
+        assert rel(grads[0], K_.grad) < bound
+        assert info.backward.steps_accepted > 1
+
+
 def test_loss_composes_with_other_torch_code_and_plain_callables():
     system, K, bias, x0, exact = lqr_problem()
     Kp = K.clone().requires_grad_(True)
