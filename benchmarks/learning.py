@@ -20,8 +20,9 @@ iteration.
 
 Curves: held-out cost (the accurate evaluation, rtol 1e-7) against iterations,
 cumulative training oracle evaluations and wall-clock (training and evaluations),
-median and 25-75 % band across seeds. Floors (checked, not tuned), per seed and on
-the median across seeds:
+median and 25-75 % band across seeds. Floors (checked, not tuned), per seed, on the
+median curves across seeds and on the median of the per-seed ratios (a floor holds
+when both medians meet it):
   diffdrive, cartpole: CTPG reaches BPTT's final evaluation cost with at most half of
     BPTT's total oracle evaluations (read at CTPG's evaluation points, every eval_every);
   quadrotor: BPTT gets CTPG's total oracle budget (max_oracle_evals); CTPG's final
@@ -141,7 +142,9 @@ def reach_ratio(ctpg: dict, bptt: dict) -> float:
 
 
 def floor(cfg: Config, runs: dict) -> dict:
-    """The environment's floor per seed and on the median curves across seeds."""
+    """The environment's floor per seed, on the median curves across seeds, and on the
+    median of the per-seed ratios; it holds only when both medians do, so that seeds
+    where one estimator never learns cannot carry it alone."""
     ctpg, bptt = runs["ctpg"], runs["bptt"]
     if cfg.env in EQUAL_BUDGET:
         ratios = [c["final_cost"] / b["final_cost"] for c, b in zip(ctpg, bptt)]
@@ -157,8 +160,10 @@ def floor(cfg: Config, runs: dict) -> dict:
                      oracle_total=float(np.median([b["oracle_total"] for b in bptt])))
         median = reach_ratio(med_c, med_b)
         text = "CTPG oracle evaluations to reach BPTT's final cost / BPTT's total <= 0.5"
+    per_seed_median = float(np.median(ratios))
     return dict(floor=text, per_seed=ratios, seeds_holding=sum(r <= 0.5 for r in ratios),
-                median_ratio=median, holds=bool(median <= 0.5))
+                median_ratio=median, per_seed_median=per_seed_median,
+                holds=bool(median <= 0.5 and per_seed_median <= 0.5))
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -187,7 +192,8 @@ def plot(result: dict, path):
     axes[0].legend(fontsize=8)
     f = result["floor"]
     fig.suptitle(f"{result['config']['env']}, {result['config']['seeds']} seed(s): {f['floor']}: "
-                 f"median {f['median_ratio']:.3g} -> {'holds' if f['holds'] else 'FAILS'}")
+                 f"median curves {f['median_ratio']:.3g}, median of seeds {f['per_seed_median']:.3g} -> "
+                 f"{'holds' if f['holds'] else 'FAILS'}")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -204,7 +210,8 @@ def print_summary(result: dict):
     print(f"BPTT dt {result['bptt_dt']:g}: CTPG / BPTT oracle evaluations per iteration (median, mean over "
           f"the run) = {result['evals_per_iteration_ratio']:.3g}")
     print(f"floor: {f['floor']}: per seed {[round(r, 3) for r in f['per_seed']]} "
-          f"({f['seeds_holding']}/{len(f['per_seed'])} hold), median {f['median_ratio']:.3g} -> "
+          f"({f['seeds_holding']}/{len(f['per_seed'])} hold, median {f['per_seed_median']:.3g}), "
+          f"on the median curves {f['median_ratio']:.3g} -> "
           f"{'HOLDS' if f['holds'] else 'FAILS'}")
 
 

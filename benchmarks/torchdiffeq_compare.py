@@ -244,6 +244,7 @@ def floor_check(points: list) -> dict:
 
 def plot(result: dict, path):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
     systems = list(result["systems"])
     fig, axes = plt.subplots(len(systems), 2, figsize=(12, 4.4 * len(systems)), squeeze=False)
     for row, name in zip(axes, systems):
@@ -259,6 +260,7 @@ def plot(result: dict, path):
             ax.set_ylabel("relative error of dL/dtheta")
             ax.set_title(f"{name}")
             ax.grid(True, which="major", alpha=0.3)
+            ax.xaxis.set_minor_formatter(NullFormatter())    # labelled minor ticks collide
         row[0].legend(fontsize=8)
     fig.suptitle("ctpg vs torchdiffeq, dopri5 unless named; sweep rtol = atol; shaded: floor-check band")
     fig.tight_layout()
