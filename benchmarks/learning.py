@@ -8,15 +8,15 @@ held-out evaluation states (eval_seed): both estimators see the same states, and
 script checks that their evaluations at iteration 0 agree exactly.
 
 BPTT's Euler step is the paper's: 0.01 for the cart-pole, 0.05 for the quadrotor; for
-the differential drive one matched in compute to CTPG's first iteration: with CTPG's
-first iteration spending E oracle evaluations on B states, BPTT (one f and one vjp
-per state and Euler step) gets dt = T / ceil(E / 2B), measured on seed 0's run and
-kept for every seed. CTPG's cost per iteration grows as the policy stiffens, so over
-a whole run BPTT is cheaper per iteration; the measured ratio is printed and stored
-with the results, and the floor counts every evaluation either way. On the
-quadrotor BPTT runs ceil(budget / (2 * 32 * T / dt)) iterations with
-max_oracle_evals = CTPG's total, so it may overshoot the budget by less than one
-iteration.
+the differential drive one matched in compute as the paper's code does it (samuela/ctpg,
+diffdrive/train.jl: Euler steps = CTPG's mean evaluations per start and iteration over
+the whole run, over the evaluations an Euler step costs). With CTPG spending E oracle
+evaluations per iteration on average on B states, BPTT (one f and one vjp per state
+and Euler step) gets dt = T / ceil(E / 2B), measured on seed 0's run and kept for every
+seed, so both spend about the same over a run; the measured ratio is printed and
+stored with the results. On the quadrotor BPTT runs ceil(budget / (2 * 32 * T / dt))
+iterations with max_oracle_evals = CTPG's total, so it may overshoot the budget by less
+than one iteration.
 
 Curves: held-out cost (the accurate evaluation, rtol 1e-7) against iterations,
 cumulative training oracle evaluations and wall-clock (training and evaluations),
@@ -63,7 +63,7 @@ class Config:
     eval_every: int = 0
     """evaluate every this many iterations (0: the environment's default)"""
     bptt_dt: float = 0.0
-    """BPTT's Euler step (0: the paper's, cartpole 0.01, quadrotor 0.05, diffdrive matched to CTPG's first iteration)"""
+    """BPTT's Euler step (0: the paper's, cartpole 0.01, quadrotor 0.05, diffdrive matched to CTPG's mean compute)"""
     backsolve: bool = False
     """also train with Backsolve (CTPG's tolerances); a run that diverges is reported as such"""
     threads: int = 1
@@ -97,12 +97,12 @@ def train_one(cfg: Config, estimator: str, seed: int, **overrides) -> dict:
 
 def train_seed(cfg: Config, seed: int, iters: int, dt: float | None) -> dict:
     """CTPG, then BPTT (on CTPG's budget where the floor asks; with dt None, at the dt
-    matched to this CTPG run's first iteration), then optionally Backsolve."""
+    matched to this CTPG run's mean cost per iteration), then optionally Backsolve."""
     runs = {"ctpg": train_one(cfg, "ctpg", seed, iters=iters)}
     batch = agents.resolve_config(cfg.env).batch_size
     steps = lambda dt: math.ceil(horizon(cfg.env) / dt - 1e-9)      # noqa: E731
     if dt is None:
-        dt = horizon(cfg.env) / max(1, math.ceil(runs["ctpg"]["first_iteration_evals"] / (2 * batch)))
+        dt = horizon(cfg.env) / max(1, math.ceil(runs["ctpg"]["mean_iteration_evals"] / (2 * batch)))
     bptt = dict(iters=iters, dt=dt)
     if cfg.env in EQUAL_BUDGET:
         budget = runs["ctpg"]["oracle_total"]
