@@ -99,15 +99,15 @@ def train_seed(cfg: Config, seed: int, iters: int, dt: float | None) -> dict:
     """CTPG, then BPTT (on CTPG's budget where the floor asks; with dt None, at the dt
     matched to this CTPG run's mean cost per iteration), then optionally Backsolve."""
     runs = {"ctpg": train_one(cfg, "ctpg", seed, iters=iters)}
-    batch = agents.resolve_config(cfg.env).batch_size
-    steps = lambda dt: math.ceil(horizon(cfg.env) / dt - 1e-9)      # noqa: E731
+    batch, T = agents.resolve_config(cfg.env).batch_size, horizon(cfg.env)
+    # BPTT-Euler costs one f and one vjp per state and Euler step
     if dt is None:
-        dt = horizon(cfg.env) / max(1, math.ceil(runs["ctpg"]["mean_iteration_evals"] / (2 * batch)))
+        dt = T / max(1, math.ceil(runs["ctpg"]["mean_iteration_evals"] / (2 * batch)))
     bptt = dict(iters=iters, dt=dt)
     if cfg.env in EQUAL_BUDGET:
         budget = runs["ctpg"]["oracle_total"]
-        # BPTT-Euler: one f and one vjp per state and Euler step
-        bptt.update(max_oracle_evals=budget, iters=max(1, math.ceil(budget / (2 * batch * steps(dt)))))
+        euler_steps = math.ceil(T / dt - 1e-9)
+        bptt.update(max_oracle_evals=budget, iters=max(1, math.ceil(budget / (2 * batch * euler_steps))))
     runs["bptt"] = train_one(cfg, "bptt", seed, **bptt)
     if cfg.backsolve:
         runs["backsolve"] = train_one(cfg, "backsolve", seed, iters=iters)
