@@ -1,4 +1,4 @@
-"""Command line of a benchmark from its config dataclass, and writing its results.
+"""Command line of a benchmark from its config dataclass, and writing and reporting its results.
 
 A benchmark declares its settings as a dataclass whose field docstrings (the string
 literal under each field) are the --help text, and named budgets (`presets`: field
@@ -88,3 +88,11 @@ def write_results(out: str, stem: str, result: dict, plot) -> tuple[pathlib.Path
     matplotlib.use("Agg")
     plot(result, png_path)
     return json_path, png_path
+
+
+def publish(out: str, stem: str, result: dict, plot, print_summary) -> None:
+    """A benchmark's last step: write its JSON and PNG (write_results), print its
+    summary table, then say where the files went."""
+    json_path, png_path = write_results(out, stem, result, plot)
+    print_summary(result)
+    print(f"wrote {json_path} and {png_path}")

@@ -30,7 +30,7 @@ import time
 import torch
 
 import ctpg
-from benchmarks._config import parse_config, torch_threads, write_results
+from benchmarks._config import parse_config, publish, torch_threads
 from envs.lqr import LQR
 
 
@@ -240,9 +240,7 @@ def main(argv=None) -> dict:
     cfg, budget = parse_config(Config, argv, "ctpg bench backsolve-failure", __doc__.split("\n\n")[0], PRESETS)
     with torch_threads(cfg.threads):
         result = dict(budget=budget, **run(cfg))
-    paths = write_results(cfg.out, "backsolve_failure", result, plot)
-    print_summary(result)
-    print(f"wrote {paths[0]} and {paths[1]}")
+    publish(cfg.out, "backsolve_failure", result, plot, print_summary)
     return result
 
 

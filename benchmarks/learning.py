@@ -43,7 +43,7 @@ import numpy as np
 
 import agents
 import envs
-from benchmarks._config import parse_config, torch_threads, write_results
+from benchmarks._config import parse_config, publish, torch_threads
 
 ENVS = ("diffdrive", "quadrotor", "cartpole")
 BPTT_DT = {"cartpole": 0.01, "quadrotor": 0.05}   # diffdrive: matched to CTPG (see above)
@@ -241,9 +241,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown environment {cfg.env!r} for this benchmark; choose one of: {', '.join(ENVS)}")
     with torch_threads(cfg.threads):
         result = dict(budget=budget, **run(cfg))
-    paths = write_results(cfg.out, f"learning_{cfg.env}", result, plot)
-    print_summary(result)
-    print(f"wrote {paths[0]} and {paths[1]}")
+    publish(cfg.out, f"learning_{cfg.env}", result, plot, print_summary)
     return result
 
 

@@ -34,7 +34,7 @@ import ctpg
 import envs
 from benchmarks._common import (FeedbackPlusMLP, LinearPolicy, floors, inner_squash, linearised_lqr_gain,
                                 median_curves, plot, print_summary, seeded_mlp)
-from benchmarks._config import parse_config, torch_threads, write_results
+from benchmarks._config import parse_config, publish, torch_threads
 
 
 @dataclasses.dataclass
@@ -225,10 +225,9 @@ def main(argv=None) -> dict:
     result["primary_error"] = "full_error" if cfg.env == "lqr" and cfg.gain == "optimal" else "param_error"
     result["floors"] = {error: floors(result["curves"], target, error, costs) for error in ("param_error", "full_error")}
     stem = f"pareto_{cfg.env}" + (f"_{cfg.gain}" if cfg.env == "lqr" else "")
-    json_path, png_path = write_results(cfg.out, stem, result, lambda res, path: plot(
-        res, path, costs, {"param_error": target, "full_error": target}))
-    print_summary(result)
-    print(f"wrote {json_path} and {png_path}")
+    publish(cfg.out, stem, result, lambda res, path: plot(res, path, costs, {"param_error": target,
+                                                                          "full_error": target}),
+            print_summary)
     return result
 
 

@@ -33,7 +33,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 import ctpg
 import envs
-from benchmarks._config import parse_config, torch_threads, write_results
+from benchmarks._config import parse_config, publish, torch_threads
 from envs.diffdrive import observation_features
 
 METHODS = ("adjoint", "adjoint-seminorm", "direct", "ctpg-dopri5", "ctpg-tsit5")
@@ -323,9 +323,7 @@ def main(argv=None) -> dict:
                  "(or pip install torchdiffeq)")
     with torch_threads(cfg.threads):
         result = dict(budget=budget, **run(cfg))
-    paths = write_results(cfg.out, "torchdiffeq_compare", result, plot)
-    print_summary(result)
-    print(f"wrote {paths[0]} and {paths[1]}")
+    publish(cfg.out, "torchdiffeq_compare", result, plot, print_summary)
     return result
 
 
