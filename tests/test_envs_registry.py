@@ -10,9 +10,6 @@ Test states: a system may advertise a box where f is smooth through an optional 
 Otherwise it uses `sample_initial_state` plus N(0, 0.05^2) noise. Test actions are
 uniform in 0.9 x the action bounds, or N(0, 1) when unbounded, so clamps and other
 kinks are not straddled by the finite differences.
-
-An environment whose module does not exist yet is skipped (importorskip-like); any
-other import error fails.
 """
 from __future__ import annotations
 
@@ -24,15 +21,6 @@ import envs
 
 N = 4
 STATE_NOISE = 0.05
-
-
-def make_or_skip(name: str, **kwargs) -> ctpg.ControlSystem:
-    try:
-        return envs.make(name, **kwargs)
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith("envs."):
-            pytest.skip(f"environment {name!r}: module {err.name} is not written yet")
-        raise
 
 
 def states_and_actions(system, n: int = N, seed: int = 0):
@@ -73,7 +61,7 @@ def name(request):
 
 @pytest.fixture
 def system(name):
-    return make_or_skip(name)
+    return envs.make(name)
 
 
 def test_attributes(system):
@@ -100,7 +88,7 @@ def test_shapes_and_dtypes(system):
 
 
 def test_float32(name):
-    sys32 = make_or_skip(name, dtype=torch.float32)
+    sys32 = envs.make(name, dtype=torch.float32)
     x0 = sys32.sample_initial_state(N, torch.Generator().manual_seed(0))
     assert x0.dtype == torch.float32
     u = torch.zeros(N, sys32.action_dim, dtype=torch.float32)

@@ -2,8 +2,7 @@
 
 Each id: gymnasium's env checker, reproducible reset/step, reward = minus the cost
 accrued over the interval (against scipy's solve_ivp at tight tolerance, and for LQR
-against the closed-form cost), clipping, shape errors and rendering. An id whose
-system module is not written yet is skipped with the module's name.
+against the closed-form cost), clipping, shape errors and rendering.
 """
 from __future__ import annotations
 
@@ -24,15 +23,6 @@ IDS = sorted(env_id for env_id in gymnasium.registry if env_id.startswith("ctpg/
 # check_env's advice, harmless here: infinite observation (and unbounded action) boxes
 # are the truth for these systems, and their action bounds are physical units.
 EXPECTED_WARNINGS = re.compile(r"infinity|symmetric and normalized")
-
-
-def make_or_skip(env_id: str, **kwargs) -> gymnasium.Env:
-    try:
-        return gymnasium.make(env_id, **kwargs)
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith("envs."):
-            pytest.skip(f"{env_id}: module {err.name} is not written yet")
-        raise
 
 
 def rollout(env, seed: int, actions):
@@ -59,7 +49,7 @@ def test_registration_is_idempotent():
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_env_checker_passes(env_id):
-    env = make_or_skip(env_id)
+    env = gymnasium.make(env_id)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env.unwrapped)
@@ -70,7 +60,7 @@ def test_env_checker_passes(env_id):
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_spaces_and_horizon(env_id):
-    env = make_or_skip(env_id).unwrapped
+    env = gymnasium.make(env_id).unwrapped
     system = env.system
     assert env.observation_space.shape == (system.state_dim,)
     assert env.observation_space.dtype == np.float64 == env.action_space.dtype
@@ -83,7 +73,7 @@ def test_spaces_and_horizon(env_id):
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_reset_and_step_are_reproducible(env_id):
-    env = make_or_skip(env_id)
+    env = gymnasium.make(env_id)
     env.action_space.seed(0)
     actions = [env.action_space.sample() for _ in range(3)]
     first, second = rollout(env, 7, actions), rollout(env, 7, actions)
@@ -97,7 +87,7 @@ def test_reset_and_step_are_reproducible(env_id):
 def test_reward_is_minus_the_accrued_cost(env_id):
     """One step against an independent tight solve of [dx/dt, dc/dt] = [f, w] with the
     action held constant (scipy's DOP853, rtol 1e-12)."""
-    env = make_or_skip(env_id).unwrapped
+    env = gymnasium.make(env_id).unwrapped
     system = env.system
     x0, _ = env.reset(seed=1)
     env.action_space.seed(1)
@@ -118,7 +108,7 @@ def test_reward_is_minus_the_accrued_cost(env_id):
 def test_lqr_reward_matches_closed_form_cost_including_terminal():
     """A one-interval episode: the reward is minus the exact cost of u = const (K = 0,
     bias = u in LQR.exact_cost), whose terminal term x(T)' Qf x(T) comes due at once."""
-    env = make_or_skip("ctpg/LQR-v0", horizon=0.05, Qf=[[2.0, 0.0], [0.0, 3.0]]).unwrapped
+    env = gymnasium.make("ctpg/LQR-v0", horizon=0.05, Qf=[[2.0, 0.0], [0.0, 3.0]]).unwrapped
     x0 = np.array([0.7, -1.2])
     u = np.array([0.4, -2.5])
     env.reset(options={"state": x0})
@@ -133,7 +123,7 @@ def test_lqr_reward_matches_closed_form_cost_including_terminal():
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_out_of_bounds_actions_are_clipped(env_id):
-    env = make_or_skip(env_id).unwrapped
+    env = gymnasium.make(env_id).unwrapped
     if env.system.action_low is None:
         pytest.skip(f"{env_id} has unbounded actions")
     high = env.action_space.high
@@ -148,7 +138,7 @@ def test_out_of_bounds_actions_are_clipped(env_id):
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_bad_actions_raise_clear_errors(env_id):
-    env = make_or_skip(env_id).unwrapped
+    env = gymnasium.make(env_id).unwrapped
     env.reset(seed=0)
     k = env.action_space.shape[0]
     with pytest.raises(ValueError, match=rf"shape \({k},\)"):
@@ -161,7 +151,7 @@ def test_bad_actions_raise_clear_errors(env_id):
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_render_returns_an_image(env_id):
-    env = make_or_skip(env_id, render_mode="rgb_array", render_width=160, render_height=120)
+    env = gymnasium.make(env_id, render_mode="rgb_array", render_width=160, render_height=120)
     env.reset(seed=0)
     env.step(env.action_space.sample())
     image = env.render()
@@ -193,7 +183,7 @@ def test_cartpole_fixed_rk4_step_is_mujocos_own_rk4_step():
     """With one RK4 substep per 0.01 s interval the adapter reproduces mj_step on the
     model's RK4 integrator: the gym env and MuJoCo simulate the same dynamics."""
     mujoco = pytest.importorskip("mujoco")
-    env = make_or_skip("ctpg/CartpoleSwingup-v0", method="rk4", substep=0.01).unwrapped
+    env = gymnasium.make("ctpg/CartpoleSwingup-v0", method="rk4", substep=0.01).unwrapped
     obs, _ = env.reset(seed=0)
     model = env.system.model
     data = mujoco.MjData(model)
