@@ -26,6 +26,16 @@ class Trajectory:
         self.coefs = coefs
         self._tol = 1e-12 * max(1.0, abs(times[-1] - times[0]))
 
+    @classmethod
+    def from_pieces(cls, times: list[float], pieces: list[torch.Tensor]) -> "Trajectory":
+        """A trajectory from each step's coefficients [P_i+1, *shape]; steps of lower
+        degree (a solve that switched methods) are padded with zero coefficients."""
+        degree = max(piece.shape[0] for piece in pieces)
+        padded = [piece if piece.shape[0] == degree else
+                  torch.cat([piece, piece.new_zeros((degree - piece.shape[0],) + piece.shape[1:])])
+                  for piece in pieces]
+        return cls(times, torch.stack(padded))
+
     @property
     def t0(self) -> float:
         return self.times[0]
@@ -62,19 +72,3 @@ class Trajectory:
         for p in range(c.shape[0] - 2, 0, -1):
             y = p * c[p] + theta * y
         return y / h
-
-
-def step_coefficients(tableau, h: float, y0, y1, f0, f1, stages) -> torch.Tensor:
-    """Coefficients [P+1, *shape] of one step's interpolant in theta.
-
-    The tableau's own interpolant where it has one, else the cubic Hermite through
-    (y0, h f0) and (y1, h f1), which is third-order accurate.
-    """
-    if tableau.dense is not None:
-        degree = len(tableau.dense[0])
-        rows = [y0]
-        for p in range(degree):
-            rows.append(h * sum(float(w[p]) * k for w, k in zip(tableau.dense, stages) if w[p]))
-        return torch.stack(rows)
-    delta = y1 - y0
-    return torch.stack([y0, h * f0, 3 * delta - h * (2 * f0 + f1), -2 * delta + h * (f0 + f1)])

@@ -1,21 +1,23 @@
 """Solve y' = func(t, y) on [t0, t1] with fixed or adaptive steps, optionally keeping
-the dense trajectory."""
+the dense trajectory, landing on given stopping times, and carrying quadratures."""
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 
 from ctpg.errors import MaxStepsExceeded, NonFiniteError, StepSizeTooSmall
-from ctpg.solvers.stepper import PIController, error_ratio, initial_step, rk_step
-from ctpg.solvers.tableaus import get_tableau
-from ctpg.trajectory import Trajectory, step_coefficients
+from ctpg.solvers.control import PIController, error_ratio, initial_step
+from ctpg.solvers.methods import make_stepper
+from ctpg.trajectory import Trajectory
 
 
 @dataclasses.dataclass
 class Solution:
-    """Result of `solve`: final state, step counts, func calls and the optional dense path."""
+    """Result of `solve`: final state (and quadratures), step counts, calls of func and
+    of the Jacobian, the accepted step boundaries and the optional dense path."""
 
     y1: torch.Tensor
     steps_accepted: int
@@ -23,120 +25,233 @@ class Solution:
     func_calls: int
     times: list
     trajectory: Trajectory | None = None
+    q1: torch.Tensor | None = None
+    jacobian_calls: int = 0
+    method_switches: int = 0
+    last_step: float | None = None
 
 
-class _CountingFunc:
-    """Wraps func to count its calls and fail loudly on NaN/Inf, naming the time."""
+class _Counted:
+    """func as the steppers call it: (F, g) pairs, calls counted."""
 
-    def __init__(self, func):
-        self.func, self.calls = func, 0
+    def __init__(self, func, with_quadrature: bool):
+        self.func, self.with_quadrature, self.calls = func, with_quadrature, 0
 
     def __call__(self, t, y):
         self.calls += 1
         out = self.func(t, y)
-        if not torch.isfinite(out).all():
-            raise NonFiniteError(f"the right-hand side returned NaN or Inf at t={t:.6g}")
-        return out
+        return out if self.with_quadrature else (out, None)
 
 
 def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5",
           rtol=None, atol=None, dt: float | None = None, first_step: float | None = None,
           max_steps: int = 100_000, min_step: float | None = None, dense: bool = False,
-          error_on: slice | None = None) -> Solution:
+          error_on: slice | None = None, q0: torch.Tensor | None = None,
+          quadrature_in_norm: bool = True, jacobian=None, autonomous: bool = False,
+          tstops=()) -> Solution:
     """Integrate from t0 to t1 (t1 < t0 integrates backwards in time).
 
-    Fixed steps when `dt` is given (the interval is split into ceil(|t1-t0|/dt) equal
-    steps) or the method has no error estimate; adaptive steps otherwise, with the
-    error measured as an RMS over every component of y (one step size for the whole
-    batch) and a PI controller. Adaptive solves need rtol and atol. `error_on`, a
-    slice of y's last axis, restricts that norm to some components (a seminorm: the
-    others are carried along at the steps the chosen ones need, e.g. a pure
-    quadrature whose error does not feed back into the rest).
+    y0 [N, ...]: the leading dimension indexes independent samples. Adaptive steps
+    (rtol and atol required) accept a step when every sample's RMS error ratio is
+    <= 1, so the tolerances are a per-sample promise; rtol and atol may be tensors that
+    broadcast against one sample (per-component tolerances). `error_on`, a slice of
+    y's last axis, restricts the norm to some components (a seminorm). Fixed steps
+    when `dt` is given: each interval between stops is split into equal steps <= dt.
 
-    Cost: (stages - 1) func calls per attempted step for FSAL methods, stages for the
-    others, plus one for f(t0) and one for the automatic first step. Raises
-    MaxStepsExceeded after max_steps attempted steps, StepSizeTooSmall when the step
-    falls below min_step (default 1e-12 |t1 - t0|), NonFiniteError on NaN/Inf.
+    Quadratures: with `q0` (any shape), func returns (dy, dq) where dq must not depend
+    on q (an accumulated cost or gradient); q is advanced with the method's weights
+    and its error counts as one more sample unless quadrature_in_norm=False.
+
+    Methods: the explicit tableaus (euler, midpoint, heun, rk4, bosh3, dopri5, tsit5,
+    dop853), the Rosenbrock methods (rosenbrock23, ros34pw2, rodas4, rodas5p) and
+    "auto" (tsit5, switching to rodas5p while stiff; "auto:EXPLICIT+ROSENBROCK" picks
+    the pair). Rosenbrock steps need `jacobian(t, y)` -> [N, m, m] or a
+    `Linearisation`; by default it comes from autograd through func. `autonomous=True`
+    says func does not depend on t, which spares the rhs call for dF/dt.
+
+    `tstops`: times strictly between t0 and t1 where the solve must land, e.g. where
+    func jumps; the step restarts there (func is evaluated afresh).
+
+    Cost: explicit: stages - 1 func calls per attempted step (FSAL) or stages, one more
+    per stop and one for the automatic first step. Rosenbrock: stages calls plus one
+    Jacobian and one LU factorisation per step (W-methods reuse the Jacobian while
+    steps are accepted). Raises MaxStepsExceeded after max_steps attempted steps,
+    StepSizeTooSmall when the step falls below min_step (default 1e-12 |t1 - t0|), and
+    NonFiniteError when func keeps returning NaN/Inf however small the step (a NaN in
+    a trial step merely rejects it) or a fixed step produces NaN/Inf.
     """
-    tableau = get_tableau(method)
     if not t1 != t0:
         raise ValueError(f"the integration interval is empty (t0 = t1 = {t0})")
-    adaptive = dt is None
-    if adaptive and not tableau.adaptive:
-        raise ValueError(f"method {method!r} has no error estimate: give a fixed step, e.g. dt=0.01, "
-                         "or choose an adaptive method (dopri5, tsit5, bosh3, heun, dop853)")
-    if adaptive and (rtol is None or atol is None):
-        raise ValueError("rtol and atol are required for adaptive steps, e.g. rtol=1e-6, atol=1e-8")
+    if not (math.isfinite(t0) and math.isfinite(t1)):
+        raise ValueError(f"the integration interval must be finite, got [{t0}, {t1}]")
     if dense and t1 < t0:
         raise ValueError("dense output is only kept for forward-in-time solves (t1 > t0)")
-    func = _CountingFunc(func)
+    rhs = _Counted(func, q0 is not None)
+    if jacobian is None:
+        from ctpg.solvers.jacobian import autograd_jacobian
+        jacobian = autograd_jacobian(func, q0 is not None)
+    stepper = make_stepper(method, jacobian=jacobian, autonomous=autonomous)
+    adaptive = dt is None
+    if adaptive and not stepper.adaptive:
+        raise ValueError(f"method {method!r} has no error estimate: give a fixed step, e.g. dt=0.01, "
+                         "or choose an adaptive method (dopri5, tsit5, bosh3, heun, dop853, rodas5p, ...)")
+    if adaptive and (rtol is None or atol is None):
+        raise ValueError("rtol and atol are required for adaptive steps, e.g. rtol=1e-6, atol=1e-8")
     if adaptive:
-        return _solve_adaptive(func, tableau, y0, t0, t1, rtol, atol, first_step, max_steps, min_step, dense,
-                               error_on)
-    return _solve_fixed(func, tableau, y0, t0, t1, dt, max_steps, dense)
+        _warn_if_tolerance_unreachable(rtol, y0.dtype)
+    run = _Run(rhs, stepper, dense, max_steps)
+    bounds = _stop_points(t0, t1, tstops)
+    y, q = y0, q0
+    if adaptive:
+        norm = _Norm(rtol, atol, error_on, quadrature_in_norm)
+        run.prepare_adaptive(norm, first_step, min_step, t0, t1)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        y, q = run.adaptive(y, q, a, b) if adaptive else run.fixed(y, q, a, b, dt)
+    trajectory = Trajectory.from_pieces(run.times, run.pieces) if dense else None
+    return Solution(y, run.accepted, run.rejected, rhs.calls, run.times, trajectory, q,
+                    getattr(stepper, "jacobian_calls", 0), run.switches, run.last_step)
 
 
-def _solve_fixed(func, tableau, y, t0, t1, dt, max_steps, dense):
-    if dt <= 0 or not math.isfinite(dt):
-        raise ValueError(f"dt must be a positive number, got {dt}")
-    n = max(1, math.ceil(abs(t1 - t0) / dt - 1e-9))
-    if n > max_steps:
-        raise MaxStepsExceeded(f"dt={dt} needs {n} steps on [{t0}, {t1}], more than max_steps={max_steps}; "
-                               "raise max_steps or use a larger dt")
-    h = (t1 - t0) / n
-    times, segments = [t0], []
-    f0 = func(t0, y)
-    for i in range(n):
-        t = t0 + i * h
-        y1, _, stages = rk_step(tableau, func, t, y, h, f0)
-        t_next = t1 if i == n - 1 else t0 + (i + 1) * h
-        f1 = stages[-1] if tableau.fsal else (func(t_next, y1) if (dense or i < n - 1) else None)
-        if dense:
-            segments.append(step_coefficients(tableau, h, y, y1, f0, f1, stages))
-        times.append(t_next)
-        y, f0 = y1, f1
-    trajectory = Trajectory(times, torch.stack(segments)) if dense else None
-    return Solution(y, n, 0, func.calls, times, trajectory)
-
-
-def _solve_adaptive(func, tableau, y, t0, t1, rtol, atol, first_step, max_steps, min_step, dense,
-                    error_on=None):
-    select = (lambda v: v) if error_on is None else (lambda v: v[..., error_on])
-    if error_on is not None:        # per-component tolerances follow the same selection
-        rtol, atol = (select(tol) if torch.is_tensor(tol) and tol.dim() else tol for tol in (rtol, atol))
+def _stop_points(t0, t1, tstops) -> list:
+    """[t0, stops strictly inside in the direction of integration..., t1]."""
     direction = 1.0 if t1 > t0 else -1.0
-    span = abs(t1 - t0)
-    min_step = 1e-12 * span if min_step is None else min_step
-    f0 = func(t0, y)
-    h = first_step or initial_step(func, t0, y, f0, tableau.order, rtol, atol, direction, select)
-    h = min(h, span)
-    controller = PIController(tableau.error_order)
-    t, times, segments = t0, [t0], []
-    accepted = rejected = 0
-    while direction * (t1 - t) > 1e-14 * span:
-        if accepted + rejected >= max_steps:
-            raise MaxStepsExceeded(
-                f"the solver took max_steps={max_steps} steps and reached only t={t:.6g} of [{t0}, {t1}]; "
-                "raise max_steps, loosen rtol/atol, or check the dynamics for a blow-up")
-        remaining = abs(t1 - t)
-        if h >= remaining or remaining - h < 1e-10 * span:
-            h = remaining      # land exactly on t1 instead of leaving a sliver
-        y1, err, stages = rk_step(tableau, func, t, y, direction * h, f0)
-        ok, factor = controller.propose(error_ratio(select(err), select(y), select(y1), rtol, atol))
-        if ok:
-            t_next = t1 if h == remaining else t + direction * h
-            f1 = stages[-1] if tableau.fsal else func(t_next, y1)
-            if dense:
-                segments.append(step_coefficients(tableau, h, y, y1, f0, f1, stages))
-            t, y, f0 = t_next, y1, f1
-            times.append(t)
-            accepted += 1
-        else:
-            rejected += 1
-        h *= factor
-        if h < min_step and direction * (t1 - t) > min_step:
-            raise StepSizeTooSmall(
-                f"the step size fell below min_step={min_step:.3g} at t={t:.6g}; the problem may be stiff, "
-                "discontinuous or blowing up: loosen rtol/atol, smooth the dynamics, or use fixed steps (dt=...)")
-    trajectory = Trajectory(times, torch.stack(segments)) if dense else None
-    return Solution(y, accepted, rejected, func.calls, times, trajectory)
+    inside = sorted({float(s) for s in tstops if direction * (s - t0) > 0 and direction * (t1 - s) > 0},
+                    key=lambda s: direction * s)
+    return [float(t0)] + inside + [float(t1)]
+
+
+def _warn_if_tolerance_unreachable(rtol, dtype) -> None:
+    smallest = float(rtol.min()) if torch.is_tensor(rtol) else float(rtol)
+    eps = torch.finfo(dtype).eps
+    if 0 < smallest < 10 * eps:
+        warnings.warn(f"rtol={smallest:.1e} is below what {dtype} can deliver (about {10 * eps:.0e}); "
+                      "the solve will take tiny steps or fail: use float64 or a looser rtol", stacklevel=3)
+
+
+class _Norm:
+    """The accept/reject measure: per-sample error ratios of y (and of q)."""
+
+    def __init__(self, rtol, atol, error_on, quadrature_in_norm):
+        self.rtol, self.atol, self.error_on = rtol, atol, error_on
+        self.quadrature_in_norm = quadrature_in_norm
+        # per-component tolerances describe y; the quadrature takes their tightest
+        self.q_rtol, self.q_atol = (float(v.min()) if torch.is_tensor(v) else v for v in (rtol, atol))
+
+    def _select(self, v):
+        return v if self.error_on is None else v[..., self.error_on]
+
+    def tolerances(self):
+        rtol, atol = self.rtol, self.atol
+        if self.error_on is not None:
+            rtol, atol = (self._select(v) if torch.is_tensor(v) and v.dim() else v for v in (rtol, atol))
+        return rtol, atol
+
+    def ratio(self, step, y, q) -> float:
+        rtol, atol = self.tolerances()
+        groups = [(self._select(step.err), self._select(y), self._select(step.y1), rtol, atol)]
+        if q is not None and self.quadrature_in_norm:
+            groups.append((step.err_q, q, step.q1, self.q_rtol, self.q_atol))
+        return float(error_ratio(groups))
+
+
+class _Run:
+    """The state of one solve across its stop intervals."""
+
+    def __init__(self, rhs, stepper, dense, max_steps):
+        self.rhs, self.stepper, self.dense, self.max_steps = rhs, stepper, dense, max_steps
+        self.times, self.pieces = [], []
+        self.accepted = self.rejected = self.switches = 0
+        self.last_step = None
+
+    def prepare_adaptive(self, norm, first_step, min_step, t0, t1):
+        self.norm, self.h = norm, first_step
+        self.min_step = 1e-12 * abs(t1 - t0) if min_step is None else min_step
+        self.controller = PIController()
+
+    def fixed(self, y, q, t0, t1, dt):
+        if not (dt > 0 and math.isfinite(dt)):
+            raise ValueError(f"dt must be a positive number, got {dt}")
+        n = max(1, math.ceil(abs(t1 - t0) / dt - 1e-9))
+        if self.accepted + n > self.max_steps:
+            raise MaxStepsExceeded(f"dt={dt} needs {n} steps on [{t0}, {t1}], more than max_steps="
+                                   f"{self.max_steps}; raise max_steps or use a larger dt")
+        h = (t1 - t0) / n
+        state = self.stepper.start(self.rhs, t0, y)
+        if not self.times:
+            self.times.append(t0)
+        for i in range(n):
+            t = t0 + i * h
+            step = self.stepper.step(self.rhs, state, t, y, q, h)
+            t_next = t1 if i == n - 1 else t0 + (i + 1) * h
+            if not bool(torch.isfinite(step.y1).all()):
+                raise NonFiniteError(f"the right-hand side returned NaN or Inf at t={t:.6g} "
+                                     f"(fixed step to t={t_next:.6g}); a fixed step cannot shrink")
+            need_f = self.dense or i < n - 1
+            coefs = self.stepper.accept(self.rhs, state, step, t_next, self.dense) if need_f else None
+            if self.dense:
+                self.pieces.append(coefs)
+            self.times.append(t_next)
+            y, q = step.y1, step.q1
+            self.accepted += 1
+        self.last_step = abs(h)
+        return y, q
+
+    def adaptive(self, y, q, t0, t1):
+        direction = 1.0 if t1 > t0 else -1.0
+        span = abs(t1 - t0)
+        stepper = self.stepper
+        state = stepper.start(self.rhs, t0, y)
+        if self.h is None:
+            self.h = initial_step(lambda t, z: self.rhs(t, z)[0], t0, y, state.f, stepper.order,
+                                  *self.norm.tolerances(), direction, self.norm._select)
+        if not self.times:
+            self.times.append(t0)
+        t, h, switches = t0, self.h, state.switches
+        nonfinite_at = None
+        while direction * (t1 - t) > 1e-14 * span:
+            if self.accepted + self.rejected >= self.max_steps:
+                raise MaxStepsExceeded(
+                    f"the solver took max_steps={self.max_steps} steps and reached only t={t:.6g} "
+                    f"of [{t0}, {t1}]; raise max_steps, loosen rtol/atol, try a stiff method "
+                    "(method='rodas5p' or 'auto'), or check the dynamics for a blow-up")
+            remaining = abs(t1 - t)
+            if h >= remaining or remaining - h < 1e-10 * span:
+                h = remaining      # land exactly on t1 instead of leaving a sliver
+            step = stepper.step(self.rhs, state, t, y, q, direction * h)
+            ratio = self.norm.ratio(step, y, q)
+            ok, factor = self.controller.propose(ratio, step.error_order)
+            if ok:
+                t_next = t1 if h == remaining else t + direction * h
+                coefs = stepper.accept(self.rhs, state, step, t_next, self.dense)
+                if self.dense:
+                    self.pieces.append(coefs)
+                t, y, q = t_next, step.y1, step.q1
+                # a shrinking step hints that a kept (W-method) Jacobian no longer fits
+                state.stale = state.stale or factor < 1.0
+                self.times.append(t)
+                self.accepted += 1
+                self.last_step = h
+                nonfinite_at = None
+                if state.switches != switches:     # a new method: forget the old error history
+                    self.switches += state.switches - switches
+                    switches = state.switches
+                    self.controller.reset()
+            else:
+                stepper.reject(state, step)
+                self.rejected += 1
+                nonfinite_at = t if not math.isfinite(ratio) else None
+            h *= factor
+            if h < self.min_step and direction * (t1 - t) > self.min_step:
+                self._step_collapsed(t, nonfinite_at)
+        self.h = h
+        return y, q
+
+    def _step_collapsed(self, t, nonfinite_at):
+        if nonfinite_at is not None:
+            raise NonFiniteError(
+                f"the right-hand side returned NaN or Inf at t={t:.6g} and shrinking the step "
+                f"(below min_step={self.min_step:.3g}) did not help")
+        raise StepSizeTooSmall(
+            f"the step size fell below min_step={self.min_step:.3g} at t={t:.6g}; the problem may be "
+            "stiff (try method='rodas5p' or 'auto'), discontinuous (give its breakpoints as tstops) or "
+            "blowing up: loosen rtol/atol, smooth the dynamics, or use fixed steps (dt=...)")

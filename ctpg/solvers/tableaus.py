@@ -39,6 +39,10 @@ class Tableau:
     error_order: int | None = None
     fsal: bool = False
     dense: tuple | None = None
+    # (i, j): two stages evaluated at the same time c_i = c_j = 1, whose slopes give
+    # an estimate of the Jacobian's largest eigenvalue ||k_j - k_i|| / ||Y_j - Y_i||
+    # for free (Hairer & Wanner's stiffness detection for dopri5, Solving ODEs II, IV.2)
+    stiffness_stages: tuple | None = None
 
     def __post_init__(self):
         s = len(self.c)
@@ -63,6 +67,22 @@ class Tableau:
     @property
     def adaptive(self) -> bool:
         return self.err is not None
+
+    @property
+    def stability_boundary(self) -> float:
+        """Largest x with |R(-x')| <= 1 for every x' in [0, x]: explicit steps are stable
+        on a decaying mode with eigenvalue -lambda only while h lambda stays below it.
+        R(z) = 1 + z b^T (I - z A)^-1 1 is the method's stability function."""
+        s = self.stages
+        A = np.zeros((s, s))
+        for i, row in enumerate(self.a):
+            A[i, :i] = [float(v) for v in row]
+        b = np.array([float(v) for v in self.b])
+        for x in np.arange(0.01, 10.0, 0.01):
+            z = -x
+            if abs(1 + z * b @ np.linalg.solve(np.eye(s) - z * A, np.ones(s))) > 1 + 1e-12:
+                return float(x - 0.01)
+        return 10.0
 
 
 def _quartic_through_midpoint(b, mid, fsal_last: bool = True):
@@ -133,7 +153,7 @@ DOPRI5 = Tableau(
        (F(9017, 3168), F(-355, 33), F(46732, 5247), F(49, 176), F(-5103, 18656)),
        _DOPRI5_B[:6]),
     b=_DOPRI5_B, order=5, err=tuple(x - y for x, y in zip(_DOPRI5_B, _DOPRI5_BHAT)), error_order=4,
-    fsal=True, dense=_quartic_through_midpoint(_DOPRI5_B, _DOPRI5_MID))
+    fsal=True, dense=_quartic_through_midpoint(_DOPRI5_B, _DOPRI5_MID), stiffness_stages=(5, 6))
 
 _TSIT5_B = (0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081,
             2.324710524099774, 0.0)
@@ -148,7 +168,7 @@ TSIT5 = Tableau(
     b=_TSIT5_B, order=5,
     err=(-0.00178001105222577714, -0.0008164344596567469, 0.007880878010261995, -0.1447110071732629,
          0.5823571654525552, -0.45808210592918697, 1 / 66),
-    error_order=4, fsal=True,
+    error_order=4, fsal=True, stiffness_stages=(5, 6),
     # Tsitouras (2011) interpolant weights in factored form
     dense=_weights_from_factors((
         (-1.0530884977290216, 1, ((-1.3299890189751412, 1), (0.7139816917074209, -1.4364028541716351, 1))),
