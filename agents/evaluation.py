@@ -43,7 +43,7 @@ def rollout(system, policy, x0: torch.Tensor, horizon: float, *, method: str = "
     Jacobians) plus n_times evaluations of the dense output. Raises whatever the
     solver raises when the closed loop blows up (step size underflow, max steps).
     """
-    from ctpg.estimators.adjoint import closed_loop_rhs
+    from ctpg.estimators.closed_loop import closed_loop_rhs
     from ctpg.solvers import solve
     d = system.state_dim
     closed_loop = closed_loop_rhs(system, policy)

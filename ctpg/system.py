@@ -127,6 +127,12 @@ class ControlSystem:
     def terminal_cost(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[0])
 
+    def breakpoints(self, horizon: float) -> list[float]:
+        """Times in (0, horizon) where f, the cost or the policy's input jump (a goal
+        that switches, say). The solvers land on them in both passes instead of
+        rejecting steps across the jump. Default: none."""
+        return []
+
     def sample_initial_state(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define sample_initial_state(n, generator)")
 
@@ -135,7 +141,7 @@ class ControlSystem:
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
             u_ = u.detach().requires_grad_(True)
-            out = self.f(x_, u_)
+            out = require_graph(self, self.f(x_, u_), x_, u_)
             gx, gu = torch.autograd.grad(out, (x_, u_), a, allow_unused=True)
         gx = torch.zeros_like(x) if gx is None else gx
         gu = torch.zeros_like(u) if gu is None else gu
@@ -143,7 +149,24 @@ class ControlSystem:
 
     def jacobians(self, x: torch.Tensor, u: torch.Tensor):
         """(df/dx [N,d,d], df/du [N,d,k]) by autograd, one backward pass per state component."""
-        return autograd_jacobians(self.f, x, u)
+        return autograd_jacobians(lambda x_, u_: require_graph(self, self.f(x_, u_), x_, u_), x, u)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Learnable tensors of the system (dynamics or cost): the parameters of every
+        torch.nn.Module attribute and every tensor attribute that requires grad. The
+        estimators differentiate the loss with respect to these as well as the
+        policy's, so a learnable model inside f, w or J is trained with the policy."""
+        if isinstance(self, torch.nn.Module):     # a system that is also a torch module
+            return [p for p in torch.nn.Module.parameters(self) if p.requires_grad]
+        found, seen = [], set()
+        for value in vars(self).values():
+            tensors = value.parameters() if isinstance(value, torch.nn.Module) else (
+                [value] if isinstance(value, torch.Tensor) else [])
+            for t in tensors:
+                if t.requires_grad and id(t) not in seen:
+                    seen.add(id(t))
+                    found.append(t)
+        return found
 
     # ------------------------------------------------------------------ helpers
     def check_inputs(self, x: torch.Tensor, u: torch.Tensor | None = None) -> None:
@@ -163,6 +186,31 @@ class ControlSystem:
         """True when `vjp` is the default autograd pass through `f` (f written in torch)."""
         return getattr(type(self).vjp, "__wrapped__", None) is _default_vjp
 
+    def vjp_with_parameters(self, x, u, a, params):
+        """(a^T df/dx, a^T df/du, [a^T df/dtheta for theta in params]).
+
+        Systems with vjp_by_autograd get all three from one reverse pass through f;
+        others from their own `vjp` plus, when f depends on `params`, a reverse pass
+        through f for those alone (an extra counted f evaluation). Counted as one vjp.
+        """
+        if not params:
+            return (*self.vjp(x, u, a), [])
+        with torch.enable_grad():
+            x_ = x.detach().requires_grad_(self.vjp_by_autograd)
+            u_ = u.detach().requires_grad_(self.vjp_by_autograd)
+            if self.vjp_by_autograd:
+                out = self.f_for_vjp(x_, u_)
+                grads = torch.autograd.grad(out, [x_, u_, *params], a, allow_unused=True)
+                gx, gu, gp = grads[0], grads[1], list(grads[2:])
+            else:
+                gx, gu = self.vjp(x, u, a)
+                out = self.f(x_, u_)
+                gp = (list(torch.autograd.grad(out, params, a, allow_unused=True)) if out.requires_grad
+                      else [None] * len(params))
+        gx = torch.zeros_like(x) if gx is None else gx
+        gu = torch.zeros_like(u) if gu is None else gu
+        return gx, gu, [torch.zeros_like(p) if g is None else g for g, p in zip(gp, params)]
+
     def f_for_vjp(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """f(x, u) left in the autograd graph for one reverse pass by the caller, which
         may fuse it with its own (policy, cost). Counted as one vjp, not as an f
@@ -173,16 +221,17 @@ class ControlSystem:
         self.check_inputs(x, u)
         self._oracle_depth += 1         # the nested f is part of this vjp, not an f call
         try:
-            out = self.f(x, u)
+            out = require_graph(self, self.f(x, u), x, u)
         finally:
             self._oracle_depth -= 1
         self.counter.record("vjp", x.shape[0])
         return out
 
-    def f_autograd(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """f as a torch op whose backward calls `vjp`, so autograd (BPTT) works on any
-        system, black-box simulators included, and each backward is counted as a vjp."""
-        return _DynamicsFunction.apply(self, x, u)
+    def f_autograd(self, x: torch.Tensor, u: torch.Tensor, params=()) -> torch.Tensor:
+        """f as a torch op whose backward calls `vjp` (`vjp_with_parameters` for the
+        system's own learnable `params`), so autograd (BPTT) works on any system,
+        black-box simulators included, and each backward is counted as a vjp."""
+        return _DynamicsFunction.apply(self, x, u, *params)
 
     def clip_action(self, u: torch.Tensor) -> torch.Tensor:
         if self.action_low is None:
@@ -192,16 +241,31 @@ class ControlSystem:
 
 class _DynamicsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, system, x, u):
+    def forward(ctx, system, x, u, *params):
         ctx.system = system
-        ctx.save_for_backward(x, u)
+        ctx.save_for_backward(x, u, *params)
         return system.f(x.detach(), u.detach())
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, u = ctx.saved_tensors
-        gx, gu = ctx.system.vjp(x, u, grad_out)
-        return None, gx, gu
+        x, u, *params = ctx.saved_tensors
+        gx, gu, gp = ctx.system.vjp_with_parameters(x, u, grad_out, params)
+        return (None, gx, gu, *gp)
+
+
+def require_graph(system, out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """`out` = f(*inputs); when an input requires grad, raise if autograd cannot see
+    through f (numpy inside, .detach(), a simulator): the default vjp and Jacobians
+    would silently be zero there."""
+    if not out.requires_grad and any(t.requires_grad for t in inputs):
+        name = type(system).__name__
+        raise TypeError(
+            f"{name}.f returned a tensor without an autograd graph from inputs that require grad, so "
+            f"its derivatives cannot come from autograd (is f computed outside torch, e.g. in numpy "
+            f"or a simulator?). Override {name}.vjp and {name}.jacobians, for example with "
+            "ctpg.finite_difference_jacobians (see envs/cartpole.py); if f truly does not depend on "
+            "x and u, override vjp to return zeros")
+    return out
 
 
 def autograd_jacobians(f, x: torch.Tensor, u: torch.Tensor):

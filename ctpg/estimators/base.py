@@ -12,6 +12,7 @@ completed (backward statistics) when the backward pass runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import torch
@@ -69,6 +70,31 @@ class EstimateInfo:
         return out
 
 
+def _unique(tensors) -> list:
+    seen, out = set(), []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+# Layers whose output depends on the batch or on chance in training mode: they make
+# the right-hand side random or couple the samples, and update state at every stage.
+_NONDETERMINISTIC = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+
+
+def _check_deterministic(policy, name: str) -> None:
+    """Refuse a policy in training mode holding BatchNorm or Dropout layers."""
+    if not isinstance(policy, torch.nn.Module):
+        return
+    bad = sorted({type(m).__name__ for m in policy.modules() if isinstance(m, _NONDETERMINISTIC) and m.training})
+    if bad:
+        raise ValueError(f"{name}: the policy holds {', '.join(bad)} in training mode, which makes the dynamics "
+                         "random or couples the samples (and updates running statistics at every solver "
+                         "stage); call policy.eval() before estimating, or use a deterministic policy")
+
+
 def policy_parameters(policy) -> list[torch.Tensor]:
     """The tensors that receive gradients: a module's parameters with requires_grad."""
     params = policy.parameters() if hasattr(policy, "parameters") else []
@@ -87,10 +113,15 @@ class Estimator:
 
     def __call__(self, system: ControlSystem, policy, x0: torch.Tensor, T: float | None = None,
                  params: list[torch.Tensor] | None = None):
+        """Estimate; `params` (default: the policy's parameters and the system's own,
+        `system.parameters()`) are the tensors that receive gradients."""
         T = system.horizon if T is None else float(T)
         self._check(system, x0, T)
-        params = policy_parameters(policy) if params is None else list(params)
-        problem = Problem(system, policy, x0.detach(), T, params)
+        _check_deterministic(policy, self.name)
+        params = _unique(policy_parameters(policy) + system.parameters()) if params is None else list(params)
+        own = {id(p) for p in system.parameters()}
+        problem = Problem(system, policy, x0.detach(), T, params,
+                          system_params=[p for p in params if id(p) in own])
         needs_grad = torch.is_grad_enabled() and (x0.requires_grad or any(p.requires_grad for p in params))
         problem.keep_for_backward = needs_grad
         loss = _EstimatorFunction.apply(self, problem, x0, *params)
@@ -104,10 +135,14 @@ class Estimator:
         if x0.dtype != system.dtype:
             raise ValueError(f"{self.name}: x0 has dtype {x0.dtype} but the system uses {system.dtype}; "
                              f"convert with x0.to({system.dtype}) or build the system with dtype={x0.dtype}")
+        if x0.shape[0] == 0:
+            raise ValueError(f"{self.name}: x0 is an empty batch (shape {tuple(x0.shape)}); "
+                             "give at least one initial state")
         if not torch.isfinite(x0).all():
             raise ValueError(f"{self.name}: x0 contains NaN or Inf")
-        if not T > 0:
-            raise ValueError(f"{self.name}: the horizon T must be positive, got {T}")
+        if not (T > 0 and math.isfinite(T)):
+            raise ValueError(f"{self.name}: the horizon T must be positive and finite, got {T}; "
+                             "for an infinite-horizon cost use a long finite T (or a discount in the cost)")
 
     def _run(self, problem, pass_name: str, work):
         """Run one pass, timing it, counting oracles and naming the pass in NaN errors."""
@@ -123,7 +158,7 @@ class Estimator:
     def _forward(self, problem):
         raise NotImplementedError
 
-    def _backward(self, problem, grad_loss):
+    def _backward(self, problem, saved, grad_loss):
         raise NotImplementedError
 
 
@@ -136,13 +171,21 @@ class Problem:
     x0: torch.Tensor
     T: float
     params: list
+    system_params: list = dataclasses.field(default_factory=list)
     keep_for_backward: bool = True
     info: EstimateInfo | None = None
+    # what the backward pass needs: tensors go through ctx.save_for_backward, so torch
+    # frees them after the backward pass unless retain_graph=True, as for any node
     saved: dict = dataclasses.field(default_factory=dict)
 
 
 class _EstimatorFunction(torch.autograd.Function):
-    """Autograd node whose forward/backward are the estimator's own passes."""
+    """Autograd node whose forward/backward are the estimator's own passes.
+
+    First-order only: a backward with create_graph=True (double backward,
+    Hessian-vector products) raises. A second backward works with retain_graph=True
+    and raises torch's own message without it, like any other node.
+    """
 
     @staticmethod
     def forward(ctx, estimator, problem, x0, *params):
@@ -151,6 +194,9 @@ class _EstimatorFunction(torch.autograd.Function):
         problem.info = EstimateInfo(estimator.name, costs.detach(),
                                     PassStats(oracle, accepted, rejected, seconds), stored_floats=stored)
         ctx.estimator, ctx.problem = estimator, problem
+        keys = [k for k, v in problem.saved.items() if isinstance(v, torch.Tensor)]
+        ctx.save_for_backward(*(problem.saved.pop(k) for k in keys))
+        ctx.tensor_keys = keys
         return costs.detach().mean()
 
     @staticmethod
@@ -158,8 +204,13 @@ class _EstimatorFunction(torch.autograd.Function):
         estimator, problem = ctx.estimator, ctx.problem
         if not problem.keep_for_backward:
             raise RuntimeError(f"{estimator.name}: backward was called on a loss computed without gradients")
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"{estimator.name}: the estimators give first-order gradients only; "
+                               "backward(create_graph=True) (double backward, Hessian-vector products) "
+                               "is not supported")
+        saved = dict(problem.saved, **dict(zip(ctx.tensor_keys, ctx.saved_tensors)))
         (grads, (accepted, rejected)), oracle, seconds = estimator._run(
-            problem, "backward", lambda: estimator._backward(problem, grad_loss))
+            problem, "backward", lambda: estimator._backward(problem, saved, grad_loss))
         problem.info.backward = PassStats(oracle, accepted, rejected, seconds)
         grad_x0, grad_params = grads
         grad_x0 = grad_x0 if ctx.needs_input_grad[2] else None

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from ctpg.estimators.adjoint import (adjoint_derivatives, closed_loop_rhs, num_params,
-                                     terminal_adjoint, unflatten)
+from ctpg.adjoint import solve_adjoint, unflatten
 from ctpg.estimators.base import Estimator
-from ctpg.solvers import solve
+from ctpg.estimators.closed_loop import ControlAdjoint, closed_loop_jacobian, closed_loop_rhs, terminal_adjoint
+from ctpg.solvers import is_stiff_method, solve
+from ctpg.trajectory import Trajectory
 
 
 class CTPG(Estimator):
@@ -14,19 +15,29 @@ class CTPG(Estimator):
 
     Forward: x and the accumulated cost are integrated with `method` at (rtol, atol)
     (or fixed steps `dt`), keeping each step's interpolant (the method's own dense
-    output, cubic Hermite otherwise). Backward: (lam, mu) are integrated from T to 0
-    with `adjoint_method` at (adjoint_rtol, adjoint_atol), reading x(t) only from the
-    stored spline; lam(T) = dJ/dx(T), so terminal costs need no special casing.
-    With adjoint_seminorm the backward step size is controlled by lam alone: mu is a
-    quadrature that feeds back into nothing, so it rides along at lam's steps
-    (Kidger, Chen & Lyons, "Hey, that's not an ODE", 2021); fewer backward steps when
-    the parameter count dominates the norm, at some accuracy of mu.
+    output, cubic Hermite otherwise). Backward: the adjoint lam and the parameter
+    gradient mu are integrated from T to 0 with `adjoint_method` at (adjoint_rtol,
+    adjoint_atol) by the shared adjoint solve (ctpg.adjoint), reading x(t) only from
+    the stored spline. Each sample's adjoint is integrated unscaled, so rtol/atol
+    promise the same accuracy per sample at every batch size; the gradient is scaled
+    by dLoss/dcost once at the end. With adjoint_seminorm the backward step size is
+    controlled by lam alone and mu, a quadrature, rides along (Kidger, Chen & Lyons,
+    "Hey, that's not an ODE", 2021).
+
+    Stiff closed loops (a high-gain or trained balancing policy): a Rosenbrock method
+    ("rodas5p", "rodas4", "ros34pw2", "rosenbrock23") or "auto" (tsit5, switching to
+    rodas5p while stiff) takes steps limited by accuracy instead of stability. They
+    use the closed-loop Jacobian A = f_x + f_u pi_x (one counted system.jacobians call
+    per Jacobian: finite differences for black-box systems) and, backward, -A^T with
+    the parameter gradient kept out of the d x d linear solves.
 
     Stores O(steps x N x d) floats. Costs per forward stage one f call, per backward
-    stage one vjp; both passes adapt their steps to the requested accuracy. Fails
-    when the stored spline is too coarse for the adjoint to be accurate (tighten rtol
-    of the forward pass) or the system is stiff (steps collapse; a StepSizeTooSmall
-    or MaxStepsExceeded error says so).
+    stage one vjp (plus Jacobians for stiff methods); both passes adapt their steps to
+    the requested accuracy. Lands on the system's breakpoints (system.breakpoints)
+    in both passes. Fails when the stored spline is too coarse for the adjoint to be
+    accurate (tighten rtol of the forward pass) or an explicit method meets a stiff
+    closed loop (steps collapse: StepSizeTooSmall or MaxStepsExceeded says so; use a
+    stiff method).
     """
 
     name = "ctpg"
@@ -51,37 +62,31 @@ class CTPG(Estimator):
     def _forward(self, problem):
         system, x0, d = problem.system, problem.x0, problem.system.state_dim
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
+        jacobian = closed_loop_jacobian(system, problem.policy) if is_stiff_method(self.method) else None
         with torch.no_grad():
             sol = solve(closed_loop_rhs(system, problem.policy), y0, 0.0, problem.T, method=self.method,
                         rtol=self.rtol, atol=self.atol, dt=self.dt, max_steps=self.max_steps,
-                        dense=problem.keep_for_backward)
+                        dense=problem.keep_for_backward, jacobian=jacobian, autonomous=True,
+                        tstops=system.breakpoints(problem.T))
             xT = sol.y1[:, :d]
             costs = sol.y1[:, d] + system.terminal_cost(xT)
-        problem.saved.update(trajectory=sol.trajectory, xT=xT, first_step=backward_first_step(sol.times))
+        if problem.keep_for_backward:
+            problem.saved.update(coefs=sol.trajectory.coefs, times=sol.times, xT=xT,
+                                 first_step=backward_first_step(sol.times))
         stored = sol.trajectory.stored_floats if sol.trajectory is not None else 0
         return costs, sol.steps_accepted, sol.steps_rejected, stored
 
-    def _backward(self, problem, grad_loss):
-        system, params, d = problem.system, problem.params, problem.system.state_dim
-        n = problem.x0.shape[0]
-        weight = grad_loss / n
-        path = problem.saved["trajectory"]
-        n_lam = n * d
-
-        def rhs(t, z):
-            lam = z[:n_lam].view(n, d)
-            x = path.evaluate(t)[:, :d]
-            dlam, dmu, _ = adjoint_derivatives(system, problem.policy, params, x, lam, weight)
-            return torch.cat([dlam.reshape(-1), dmu])
-
-        lam_T = terminal_adjoint(system, problem.saved["xT"], weight)
-        z_T = torch.cat([lam_T.reshape(-1), lam_T.new_zeros(num_params(params))])
-        sol = solve(rhs, z_T, problem.T, 0.0, method=self.adjoint_method, rtol=self.adjoint_rtol,
-                    atol=self.adjoint_atol, dt=self.adjoint_dt, max_steps=self.max_steps,
-                    first_step=problem.saved["first_step"],
-                    error_on=slice(0, n_lam) if self.adjoint_seminorm else None)
-        problem.saved.clear()
-        grads = (sol.y1[:n_lam].view(n, d), unflatten(sol.y1[n_lam:], params))
+    def _backward(self, problem, saved, grad_loss):
+        system, params = problem.system, problem.params
+        path = Trajectory(saved["times"], saved["coefs"])
+        field = ControlAdjoint(system, problem.policy, params, problem.system_params, path)
+        lam_T, mu_T = terminal_adjoint(system, saved["xT"], params, 1.0)
+        sol = solve_adjoint(field, lam_T, mu_T, problem.T, 0.0, method=self.adjoint_method,
+                            rtol=self.adjoint_rtol, atol=self.adjoint_atol, dt=self.adjoint_dt,
+                            first_step=saved["first_step"], max_steps=self.max_steps,
+                            seminorm=self.adjoint_seminorm, tstops=system.breakpoints(problem.T))
+        scale = grad_loss / problem.x0.shape[0]         # dLoss/dcost of each sample (batch mean)
+        grads = (scale * sol.a0, unflatten(scale * sol.mu0, params))
         return grads, (sol.steps_accepted, sol.steps_rejected)
 
 

@@ -1,0 +1,138 @@
+"""The closed loop u = pi(x) of a control system, as the estimators need it: its
+right-hand side with the accrued cost, its Jacobian (stiff solvers), and the control
+front end of the shared adjoint (ctpg.adjoint):
+
+    dlam/dt = -( lam^T (f_x + f_u pi_x) + s (w_x + w_u pi_x) )
+    dmu/dt  = -( (lam^T f_u + s w_u) pi_theta + lam^T f_theta + s w_theta )
+    lam(T) = s J_x(x(T)),   mu(T) = s J_theta(x(T))
+
+per sample, with s the weight of the sample's cost (1: the estimators scale by
+dLoss/dcost once at the end, which the linearity of the adjoint allows). theta holds
+the policy's parameters and any learnable parameters of the system or its costs.
+"""
+from __future__ import annotations
+
+import torch
+
+from ctpg.adjoint import flatten
+from ctpg.solvers import Linearisation
+from ctpg.solvers.jacobian import batched_jacobian
+
+
+def closed_loop_rhs(system, policy, f=None):
+    """y = [x, c] -> [f(x, pi(x)), w(x, pi(x))]; `f` defaults to the counted system.f."""
+    f = system.f if f is None else f
+    d = system.state_dim
+
+    def rhs(t, y):
+        x = y[:, :d]
+        u = policy(x)
+        return torch.cat([f(x, u), system.running_cost(x, u)[:, None]], 1)
+
+    return rhs
+
+
+def closed_loop_matrix(system, policy, x: torch.Tensor):
+    """(A = f_x + f_u pi_x [N,d,d], total cost gradient w_x + w_u pi_x [N,d]) at x.
+
+    Costs one counted system.jacobians call (finite differences for black boxes) and
+    autograd through the policy and the running cost (not oracle calls)."""
+    with torch.enable_grad():
+        x_ = x.detach().requires_grad_(True)
+        u = policy(x_)
+        (cost_x,) = torch.autograd.grad(system.running_cost(x_, u).sum(), x_, allow_unused=True)
+    policy_x = batched_jacobian(policy, x.detach())                 # [N, k, d]
+    f_x, f_u = system.jacobians(x.detach(), u.detach())
+    cost_x = torch.zeros_like(x) if cost_x is None else cost_x
+    return f_x + f_u @ policy_x, cost_x
+
+
+def closed_loop_jacobian(system, policy):
+    """jacobian(t, y) -> [N, d+1, d+1] of the closed-loop rhs for y = [x, c]: A in the
+    state block, the cost gradient in the last row, zeros in the last column."""
+    d = system.state_dim
+
+    def jacobian(t, y):
+        A, cost_x = closed_loop_matrix(system, policy, y[:, :d])
+        J = y.new_zeros(y.shape[0], d + 1, d + 1)
+        J[:, :d, :d] = A
+        J[:, d, :d] = cost_x
+        return J
+
+    return jacobian
+
+
+def adjoint_derivatives(system, policy, params, x, lam, cost_weight, system_params=()):
+    """(dlam/dt [N,d], dmu/dt [P] flat, u) at states x with adjoints lam.
+
+    Costs one counted vjp plus one reverse pass through the policy and the running
+    cost (autograd, not oracle calls). A system whose vjp is autograd through its
+    torch f (system.vjp_by_autograd) gets both in a single reverse pass over f, the
+    policy and the cost together, still counted as one vjp; other systems (analytic
+    or finite-difference derivatives) are asked for lam^T f_x, lam^T f_u (and
+    lam^T f_theta for their own `system_params`) by system.vjp_with_parameters and the
+    policy and cost are differentiated after it.
+    """
+    extra = None
+    with torch.enable_grad():
+        x_ = x.detach().requires_grad_(True)
+        u = policy(x_)
+        total = cost_weight * system.running_cost(x_, u).sum()
+        if system.vjp_by_autograd:
+            total = total + (lam * system.f_for_vjp(x_, u)).sum()
+            a_x = 0.0
+        else:
+            a_x, a_u, extra = system.vjp_with_parameters(x_.detach(), u.detach(), lam, list(system_params))
+            total = total + (a_u * u).sum()
+        if total.requires_grad:
+            grads = torch.autograd.grad(total, [x_, *params], allow_unused=True)
+        else:                            # neither f, cost nor policy depends on x or theta
+            grads = [None] * (1 + len(params))
+    g_x = grads[0] if grads[0] is not None else torch.zeros_like(x)
+    g_theta = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[1:], params)]
+    if extra:                            # lam^T f_theta of the system's own parameters
+        index = {id(p): i for i, p in enumerate(params)}
+        for p, g in zip(system_params, extra):
+            g_theta[index[id(p)]] = g_theta[index[id(p)]] + g
+    return -(a_x + g_x), -flatten(g_theta, x), u.detach()
+
+
+def terminal_adjoint(system, xT, params, cost_weight):
+    """(lam(T) = s dJ/dx(T) [N,d], mu(T) = s dJ/dtheta summed over samples, flat [P])."""
+    with torch.enable_grad():
+        x_ = xT.detach().requires_grad_(True)
+        J = system.terminal_cost(x_).sum()
+        grads = (torch.autograd.grad(J, [x_, *params], allow_unused=True) if J.requires_grad
+                 else [None] * (1 + len(params)))
+    lam = torch.zeros_like(xT) if grads[0] is None else cost_weight * grads[0]
+    mu = flatten([torch.zeros_like(p) if g is None else cost_weight * g for g, p in zip(grads[1:], params)], xT)
+    return lam, mu
+
+
+class ControlAdjoint:
+    """The control front end of ctpg.adjoint: the adjoint field of the closed loop,
+    reading x(t) from the forward pass's stored trajectory `path` (or from `states`,
+    a callable t -> x). Per-sample costs weigh 1."""
+
+    def __init__(self, system, policy, params, system_params, path):
+        self.system, self.policy, self.params = system, policy, params
+        self.system_params, self.path = system_params, path
+
+    def state(self, t):
+        return self.path.evaluate(t)[:, :self.system.state_dim]
+
+    def derivatives(self, t, lam):
+        dlam, dmu, _ = adjoint_derivatives(self.system, self.policy, self.params, self.state(t), lam,
+                                           1.0, self.system_params)
+        return dlam, dmu
+
+    def linearisation(self, t, lam) -> Linearisation:
+        """J = -A(x(t))^T per sample, and G v = -(v^T f_u pi_theta + v^T f_theta): one
+        system.jacobians call now, one vjp per application of G."""
+        x = self.state(t)
+        A, _ = closed_loop_matrix(self.system, self.policy, x)
+
+        def quadrature_jvp(v):
+            return adjoint_derivatives(self.system, self.policy, self.params, x, v, 0.0, self.system_params)[1]
+
+        return Linearisation(-A.transpose(1, 2), quadrature_jvp)
