@@ -37,8 +37,9 @@ class EstimateInfo:
 
     costs: per-sample cost [N] (detached); forward/backward: PassStats (backward is
     None until loss.backward() runs); stored_floats: floats kept between the passes
-    (the memory cost); reconstruction_error: ||x0 - x_reconstructed(0)|| per sample,
-    Backsolve only, set by its backward pass.
+    (the memory cost); reconstruction_error: Backsolve only, set by its backward
+    pass: per sample, the largest ||x_stored - x_reconstructed|| over its checkpoint
+    segments (x0 and each checkpoint against the state solved back to it).
     """
 
     estimator: str
@@ -66,7 +67,8 @@ class EstimateInfo:
                         f"{name}/steps_rejected": float(stats.steps_rejected),
                         f"{name}/wall_time": stats.wall_time})
         if self.reconstruction_error is not None:
-            out["reconstruction_error"] = float(self.reconstruction_error.max())
+            out["reconstruction_error_mean"] = float(self.reconstruction_error.mean())
+            out["reconstruction_error_max"] = float(self.reconstruction_error.max())
         return out
 
 
