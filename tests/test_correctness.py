@@ -180,8 +180,8 @@ def _accurate_cost(k_value, theta_value):
     (LearnableDecayExplicitVjp, CTPG(method="rodas5p", rtol=1e-10, atol=1e-10), 1e-7),
     (LearnableDecay, Backsolve(rtol=1e-10, atol=1e-10), 1e-7),
     (LearnableDecayExplicitVjp, Backsolve(rtol=1e-10, atol=1e-10), 1e-7),
-    (LearnableDecay, BPTT(dt=1e-4, method="rk4"), 1e-7),
-    (LearnableDecayExplicitVjp, BPTT(dt=1e-4, method="rk4"), 1e-7),
+    (LearnableDecay, BPTT(dt=2e-3, method="rk4"), 1e-7),
+    (LearnableDecayExplicitVjp, BPTT(dt=2e-3, method="rk4"), 1e-7),
 ], ids=["ctpg-fused", "ctpg-explicit-vjp", "rodas5p-fused", "rodas5p-explicit-vjp",
         "backsolve-fused", "backsolve-explicit-vjp", "bptt-fused", "bptt-explicit-vjp"])
 def test_parameters_shared_by_policy_system_and_cost_get_their_full_gradient(system_class, estimator, tol):
