@@ -40,20 +40,25 @@ def test_measured_order_matches_tableau(name):
     assert tableau.order - 0.25 <= slope(dts, errors) <= tableau.order + 0.6
 
 
-@pytest.mark.parametrize("name", list(TABLEAUS), ids=list(TABLEAUS))
-def test_dense_output_order(name):
-    """Between mesh points the error falls at min(method order, interpolant order):
-    4 for the dopri5/tsit5 interpolants, 3 for cubic Hermite."""
-    tableau = TABLEAUS[name]
-    expected = min(tableau.order, 4 if tableau.dense is not None else 3)
-    base = {1: 0.02, 2: 0.05, 3: 0.1, 4: 0.2, 5: 0.25, 8: 0.25}[tableau.order]
+def _dense_slope(name, base, **kwargs):
     dts = [base, base / 2, base / 4]
     errors = []
     for dt in dts:
-        path = solve(rhs, Y0, 0.0, 2.0, method=name, dt=dt, dense=True).trajectory
+        path = solve(rhs, Y0, 0.0, 2.0, method=name, dt=dt, dense=True, **kwargs).trajectory
         probes = [dt * (i + 0.37) for i in range(int(2.0 / dt))]
         errors.append(max(float((path.evaluate(t) - exact(t)).abs().max()) for t in probes))
-    assert slope(dts, errors) >= expected - 0.3
+    return slope(dts, errors)
+
+
+@pytest.mark.parametrize("name", list(TABLEAUS), ids=list(TABLEAUS))
+def test_dense_output_order(name):
+    """Between mesh points the error falls at min(method order, interpolant order + 1):
+    5 for the 4th-order dopri5/tsit5 interpolants, 4 for cubic Hermite. A Hermite
+    stand-in for dopri5's own interpolant measures 4 and fails here."""
+    tableau = TABLEAUS[name]
+    expected = min(tableau.order, 5 if tableau.dense is not None else 4)
+    base = {1: 0.02, 2: 0.05, 3: 0.1, 4: 0.2, 5: 0.25, 8: 0.25}[tableau.order]
+    assert _dense_slope(name, base) >= expected - 0.3
 
 
 @pytest.mark.parametrize("name", ["heun", "bosh3", "dopri5", "tsit5", "dop853"])
@@ -133,3 +138,142 @@ def test_float32_solves():
     sol = solve(rhs, y0, 0.0, 2.0, method="tsit5", rtol=1e-5, atol=1e-6)
     assert sol.y1.dtype == torch.float32
     assert torch.allclose(sol.y1.double(), exact(2.0), atol=1e-4)
+
+
+# ------------------------------------------------------------ Rosenbrock methods
+from ctpg.solvers import ROSENBROCK_TABLEAUS, Linearisation  # noqa: E402
+
+
+def exact_jacobian(t, y):
+    J = torch.zeros(y.shape[0], 2, 2, dtype=y.dtype)
+    J[:, 0, 0] = math.cos(t)
+    J[:, 1, 1] = 1 - 2 * y[:, 1]
+    return J
+
+
+def wrong_jacobian(t, y):
+    return 0.5 * exact_jacobian(t, y) + 0.3
+
+
+@pytest.mark.parametrize("name", list(ROSENBROCK_TABLEAUS), ids=list(ROSENBROCK_TABLEAUS))
+def test_rosenbrock_order_and_dense_output_order(name):
+    """Non-autonomous test problem, so dF/dt enters; dense output at min(order,
+    interpolant order + 1): rodas5p 5, rodas4 4, ros34pw2 (Hermite) 3, rosenbrock23 2."""
+    tableau = ROSENBROCK_TABLEAUS[name]
+    base = {2: 0.05, 3: 0.1, 4: 0.05, 5: 0.1}[tableau.order]
+    dts = [base, base / 2, base / 4]
+    errors = [float((solve(rhs, Y0, 0.0, 2.0, method=name, dt=dt, jacobian=exact_jacobian).y1
+                     - exact(2.0)).abs().max()) for dt in dts]
+    assert tableau.order - 0.2 <= slope(dts, errors) <= tableau.order + 0.5
+    dense_order = {"rodas5p": 5, "rodas4": 4, "ros34pw2": 3, "rosenbrock23": 2}[name]
+    assert _dense_slope(name, base, jacobian=exact_jacobian) >= dense_order - 0.2
+
+
+@pytest.mark.parametrize("name", list(ROSENBROCK_TABLEAUS), ids=list(ROSENBROCK_TABLEAUS))
+def test_w_methods_keep_their_order_with_a_wrong_jacobian(name):
+    """The property that lets W-methods reuse stale Jacobians; Rodas methods are not
+    W-methods and drop to low order (which is why they get a fresh one every step)."""
+    tableau = ROSENBROCK_TABLEAUS[name]
+    dts = [0.05, 0.025, 0.0125]
+    errors = [float((solve(rhs, Y0, 0.0, 2.0, method=name, dt=dt, jacobian=wrong_jacobian).y1
+                     - exact(2.0)).abs().max()) for dt in dts]
+    if tableau.w_method:
+        assert slope(dts, errors) >= tableau.order - 0.2
+    else:
+        assert slope(dts, errors) < tableau.order - 1
+
+
+def finite_difference_jacobian(t, y):
+    from ctpg.solvers.jacobian import batched_jacobian  # noqa: F401 (the autograd route, compared below)
+    eps = 1e-7
+    cols = []
+    for j in range(y.shape[1]):
+        e = torch.zeros_like(y)
+        e[:, j] = eps
+        cols.append((rhs(t, y + e) - rhs(t, y - e)) / (2 * eps))
+    return torch.stack(cols, dim=2)
+
+
+@pytest.mark.parametrize("name", ["rodas5p", "ros34pw2"])
+def test_jacobian_from_autograd_analytic_or_differences_gives_the_same_solution(name):
+    solutions = [solve(rhs, Y0, 0.0, 3.0, method=name, rtol=1e-8, atol=1e-10, jacobian=jac)
+                 for jac in (None, exact_jacobian, finite_difference_jacobian)]
+    for sol in solutions:
+        assert float((sol.y1 - exact(3.0)).abs().max()) < 1e-7
+        assert sol.jacobian_calls > 0
+    assert torch.allclose(solutions[0].y1, solutions[1].y1, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(solutions[0].y1, solutions[2].y1, rtol=1e-7)
+
+
+def robertson(t, y):
+    y1, y2, y3 = y[:, 0], y[:, 1], y[:, 2]
+    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 ** 2, 3e7 * y2 ** 2], 1)
+
+
+ROBERTSON_Y0 = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+# scipy Radau at rtol 1e-12, atol 1e-14 (computed once)
+ROBERTSON_AT_40 = torch.tensor([[0.7158270687193, 9.185534764e-06, 0.2841637457460]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["rodas5p", "rodas4", "ros34pw2", "auto"])
+def test_stiff_methods_solve_robertson_where_explicit_steps_cannot(name):
+    sol = solve(robertson, ROBERTSON_Y0, 0.0, 40.0, method=name, rtol=1e-6, atol=1e-12, autonomous=True)
+    assert torch.allclose(sol.y1, ROBERTSON_AT_40, rtol=1e-4, atol=1e-11)
+    assert sol.steps_accepted < 400
+    with pytest.raises(MaxStepsExceeded):
+        solve(robertson, ROBERTSON_Y0, 0.0, 40.0, method="dopri5", rtol=1e-6, atol=1e-12, max_steps=2000)
+
+
+def test_auto_switches_on_a_stiff_problem_and_not_on_a_smooth_one():
+    stiff = solve(robertson, ROBERTSON_Y0, 0.0, 40.0, method="auto", rtol=1e-6, atol=1e-12, autonomous=True)
+    assert stiff.method_switches >= 1 and stiff.jacobian_calls > 0
+    smooth = solve(rhs, Y0, 0.0, 3.0, method="auto", rtol=1e-8, atol=1e-10)
+    tsit5 = solve(rhs, Y0, 0.0, 3.0, method="tsit5", rtol=1e-8, atol=1e-10)
+    assert smooth.method_switches == 0 and smooth.jacobian_calls == 0
+    assert smooth.steps_accepted == tsit5.steps_accepted
+    assert torch.equal(smooth.y1, tsit5.y1)
+
+
+def test_switching_back_to_explicit_when_the_stiffness_passes():
+    # y' = -k(t) (y - cos t) with k = 1000 on [0, 1] and k = 1 after: stiff, then not
+    def burst(t, y):
+        k = 1000.0 if t < 1.0 else 1.0
+        return -k * (y - math.cos(t))
+
+    sol = solve(burst, torch.ones(1, 1, dtype=torch.float64), 0.0, 6.0, method="auto", rtol=1e-6, atol=1e-9)
+    assert sol.method_switches >= 2
+    reference = solve(burst, torch.ones(1, 1, dtype=torch.float64), 0.0, 6.0, method="rodas5p", rtol=1e-10,
+                      atol=1e-12, tstops=[1.0])
+    assert torch.allclose(sol.y1, reference.y1, atol=1e-5)
+
+
+def test_rosenbrock_refuses_a_nan_jacobian_and_recovers_from_a_singular_one():
+    def nan_jacobian(t, y):
+        return exact_jacobian(t, y) * torch.nan
+
+    with pytest.raises(NonFiniteError, match="Jacobian returned NaN or Inf at t=0"):
+        solve(rhs, Y0, 0.0, 1.0, method="rodas5p", rtol=1e-6, atol=1e-6, jacobian=nan_jacobian)
+    gamma = ROSENBROCK_TABLEAUS["rodas5p"].gamma
+    first = 0.1
+
+    def singular_at_first_step(t, y):     # I / (h gamma) - J is singular for h = first
+        return torch.eye(2, dtype=y.dtype).expand(y.shape[0], 2, 2) / (first * gamma)
+
+    sol = solve(rhs, Y0, 0.0, 1.0, method="rodas5p", rtol=1e-6, atol=1e-6, first_step=first,
+                jacobian=singular_at_first_step)
+    assert sol.steps_rejected >= 1 and torch.isfinite(sol.y1).all()
+
+
+def test_tstops_land_on_a_jump_and_save_rejections():
+    def jump(t, y):
+        return torch.full_like(y, 1.0 if t < 0.5 else -3.0)
+
+    y0 = torch.zeros(1, 1, dtype=torch.float64)
+    blind = solve(jump, y0, 0.0, 1.0, method="dopri5", rtol=1e-8, atol=1e-10)
+    told = solve(jump, y0, 0.0, 1.0, method="dopri5", rtol=1e-8, atol=1e-10, tstops=[0.5], dense=True)
+    assert 0.5 in told.times
+    assert told.steps_rejected < blind.steps_rejected
+    assert float(told.y1) == pytest.approx(0.5 - 1.5, abs=1e-12)
+    assert float(told.trajectory.evaluate(0.25)) == pytest.approx(0.25, abs=1e-12)
+    back = solve(jump, told.y1, 1.0, 0.0, method="dopri5", rtol=1e-8, atol=1e-10, tstops=[0.5])
+    assert float(back.y1) == pytest.approx(0.0, abs=1e-12)

@@ -32,14 +32,22 @@ class Solution:
 
 
 class _Counted:
-    """func as the steppers call it: (F, g) pairs, calls counted."""
+    """func as the steppers call it: (F, g) pairs, calls counted.
+
+    At a stop (a jump of func) the value depends on the side: an evaluation exactly
+    at a stop that bounds the current interval is moved to the nearest float inside
+    the interval, so each side of a jump in t sees its own branch."""
 
     def __init__(self, func, with_quadrature: bool):
         self.func, self.with_quadrature, self.calls = func, with_quadrature, 0
+        self.inside = {}        # stop time -> the float next to it inside the current interval
+
+    def enter(self, start: float, end: float, stops: set) -> None:
+        self.inside = {t: math.nextafter(t, other) for t, other in ((start, end), (end, start)) if t in stops}
 
     def __call__(self, t, y):
         self.calls += 1
-        out = self.func(t, y)
+        out = self.func(self.inside.get(t, t), y)
         return out if self.with_quadrature else (out, None)
 
 
@@ -70,7 +78,9 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
     says func does not depend on t, which spares the rhs call for dF/dt.
 
     `tstops`: times strictly between t0 and t1 where the solve must land, e.g. where
-    func jumps; the step restarts there (func is evaluated afresh).
+    func jumps in t; the step restarts there (func is evaluated afresh), and func is
+    evaluated on each side of a stop just inside that side (the neighbouring float),
+    so a jump written either way (t < s or t <= s) gives each interval its own branch.
 
     Cost: explicit: stages - 1 func calls per attempted step (FSAL) or stages, one more
     per stop and one for the automatic first step. Rosenbrock: stages calls plus one
@@ -106,6 +116,7 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
         norm = _Norm(rtol, atol, error_on, quadrature_in_norm)
         run.prepare_adaptive(norm, first_step, min_step, t0, t1)
     for a, b in zip(bounds[:-1], bounds[1:]):
+        rhs.enter(a, b, set(bounds[1:-1]))
         y, q = run.adaptive(y, q, a, b) if adaptive else run.fixed(y, q, a, b, dt)
     trajectory = Trajectory.from_pieces(run.times, run.pieces) if dense else None
     return Solution(y, run.accepted, run.rejected, rhs.calls, run.times, trajectory, q,

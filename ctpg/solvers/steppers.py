@@ -283,10 +283,13 @@ class AutoSwitch:
     boundary (Tableau.stability_boundary) for `patience` consecutive accepted steps,
     the spectral radius rho of the Jacobian is computed once (the Jacobian is then kept
     for the first implicit step): if h rho exceeds `threshold` times the boundary, the
-    steps are limited by stability and the solve switches to the Rosenbrock method.
-    Implicit mode reads rho off the Jacobian it already has and switches back after
-    `patience` consecutive accepted steps at which an explicit step of the current
-    size would be stable. Each switch resets the step-size controller's memory; the
+    steps are limited by stability (explicit steps on a stiff mode settle at about
+    0.8 of the boundary, where the error estimate stops them) and the solve switches
+    to the Rosenbrock method. Implicit mode reads rho off the Jacobian it already has
+    and switches back after `patience` consecutive accepted steps at which an explicit
+    step of the current size would sit below `back` times the boundary, well inside
+    its stability region (the gap between the two thresholds stops a solve from
+    flipping back and forth). Each switch resets the step-size controller's memory; the
     stored trajectory mixes both methods' dense outputs.
     """
 
@@ -294,7 +297,7 @@ class AutoSwitch:
     adaptive = True
 
     def __init__(self, explicit: ExplicitRK, implicit: Rosenbrock, patience: int = 4,
-                 suspect: float = 0.3, threshold: float = 0.8):
+                 suspect: float = 0.3, threshold: float = 0.6, back: float = 0.3):
         if explicit.tableau.stiffness_stages is None:
             raise ValueError(f"automatic switching needs an explicit method with stiffness detection "
                              f"(dopri5 or tsit5), not {explicit.name!r}")
@@ -303,7 +306,7 @@ class AutoSwitch:
         self.name = f"auto:{explicit.name}+{implicit.name}"
         self.order, self.error_order = explicit.order, explicit.error_order
         self.boundary = explicit.tableau.stability_boundary
-        self.patience, self.suspect, self.threshold = patience, suspect, threshold
+        self.patience, self.suspect, self.threshold, self.back = patience, suspect, threshold, back
 
     @property
     def jacobian_calls(self) -> int:
@@ -329,7 +332,7 @@ class AutoSwitch:
                 if abs(step.h) * _spectral_radius(state.linearisation.J) > self.threshold * self.boundary:
                     self._switch(state, "implicit")
         else:
-            stable = abs(step.h) * _spectral_radius(state.linearisation.J) < self.threshold * self.boundary
+            stable = abs(step.h) * _spectral_radius(state.linearisation.J) < self.back * self.boundary
             state.patience = state.patience + 1 if stable else 0
             if state.patience >= self.patience:
                 self._switch(state, "explicit")
