@@ -141,8 +141,8 @@ class Rosenbrock:
     step, or after `max_jacobian_age` steps, since a stale Jacobian costs stability,
     not order), one batched LU factorisation of
     I / (h gamma) - J reused by every stage, stages rhs calls (stages - 1 when the
-    last stage is FSAL), plus one rhs call for dF/dt (by a one-sided difference in
-    time) unless `autonomous`. Quadratures stay out of the linear systems: they are
+    last stage is FSAL), plus two rhs calls for dF/dt (a one-sided second-order
+    difference in time) unless `autonomous`. Quadratures stay out of the linear systems: they are
     advanced with the method's classical weights plus one application of G = dg/dy
     per step (see RosenbrockTableau.classical_weights), so the linear solves stay m x m
     however many quadrature components there are.
@@ -189,11 +189,25 @@ class Rosenbrock:
         if self.autonomous:
             return lin
         if state.time_derivative_at != t:
-            delta = math.copysign(math.sqrt(torch.finfo(y.dtype).eps) * max(1.0, abs(t), abs(h)), h)
-            f_shift, g_shift = rhs(t + delta, y)
-            g_t = None if state.g is None else (g_shift - state.g) / delta
-            state.time_derivative, state.time_derivative_at = ((f_shift - state.f) / delta, g_t), t
+            state.time_derivative, state.time_derivative_at = self._time_derivative(rhs, state, t, y, h), t
         return dataclasses.replace(lin, time_derivative=state.time_derivative)
+
+    @staticmethod
+    def _time_derivative(rhs, state, t, y, h):
+        """(dF/dt, dg/dt) at (t, y) by a one-sided second-order difference in the step's
+        direction (t +- delta must stay inside the solve's interval: a stored trajectory
+        may end at t). delta ~ eps^(1/3) balances truncation against round-off, which
+        matters when F is large and cancels (a stiff mode that does not move with t).
+        Costs two rhs calls."""
+        delta = math.copysign(torch.finfo(y.dtype).eps ** (1 / 3) * max(1.0, abs(t)), h)
+        delta = math.copysign(min(abs(delta), abs(h) / 2), h)
+        f1, g1 = rhs(t + delta, y)
+        f2, g2 = rhs(t + 2 * delta, y)
+
+        def slope(v0, v1, v2):
+            return None if v0 is None else (4 * v1 - 3 * v0 - v2) / (2 * delta)
+
+        return slope(state.f, f1, f2), slope(state.g, g1, g2)
 
     def step(self, rhs, state, t, y, q, h) -> Step:
         tab = self.tableau
