@@ -3,7 +3,8 @@
     loss, info = estimator(system, policy, x0, T)
     loss.backward()
 
-`loss` is the batch mean of int_0^T w dt + J(x(T)). It carries one autograd node
+`loss` is the batch mean of int_0^T w dt + J(x(T)), with the policy's actions
+saturated to the system's bounds (`ctpg.system.saturated_policy`). It carries one autograd node
 (`_EstimatorFunction`) whose backward is the estimator's own backward pass, so the
 loss composes with any torch code; gradients land in the policy's parameters that
 require grad and in x0 if it requires grad. `info` is filled by the forward pass and
@@ -17,7 +18,7 @@ import time
 import torch
 
 from ctpg.errors import NonFiniteError
-from ctpg.system import ControlSystem
+from ctpg.system import ControlSystem, saturated_policy
 
 
 @dataclasses.dataclass
@@ -90,7 +91,7 @@ class Estimator:
         T = system.horizon if T is None else float(T)
         self._check(system, x0, T)
         params = policy_parameters(policy) if params is None else list(params)
-        problem = Problem(system, policy, x0.detach(), T, params)
+        problem = Problem(system, saturated_policy(policy, system), x0.detach(), T, params)
         needs_grad = torch.is_grad_enabled() and (x0.requires_grad or any(p.requires_grad for p in params))
         problem.keep_for_backward = needs_grad
         loss = _EstimatorFunction.apply(self, problem, x0, *params)
