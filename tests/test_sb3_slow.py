@@ -1,9 +1,12 @@
 """Stable-Baselines3 trains on ctpg's gymnasium environments (slow: `pytest -m slow`).
 
-PPO with SB3's defaults, on the float32 variant with the action box rescaled to
-[-1, 1] (gymnasium's RescaleAction, as SB3 recommends), for a short budget; the mean
-return of the deterministic policy on fixed reset seeds must improve on the untrained
-one's. The budgets and the improvements measured are in the agents report.
+SB3's defaults, on the float32 variant with the action box rescaled to [-1, 1]
+(gymnasium's RescaleAction, as SB3 recommends), for a short budget; the mean return of
+the deterministic policy on fixed reset seeds must improve on the untrained one's by 20%.
+Measured (2 shared cores): PPO on LQR, 20,000 steps in 41 s, -23.6 -> -2.34; SAC on the
+differential drive, 8,000 steps in 262 s on a busy machine, -474 -> -73. PPO with its
+defaults did not improve the differential drive (30,000 steps), the pendulum or the
+quadrotor (20,000) in such budgets, so the drive uses SAC.
 """
 from __future__ import annotations
 
@@ -36,17 +39,18 @@ def mean_return(model, env) -> float:
     return total / len(EVAL_SEEDS)
 
 
-@pytest.mark.parametrize("env_id, steps", [("ctpg/LQR-v0", 20_000), ("ctpg/DiffDrive-v0", 30_000)])
-def test_ppo_improves_the_return(env_id, steps):
+@pytest.mark.parametrize("algorithm, env_id, steps", [("PPO", "ctpg/LQR-v0", 20_000),
+                                                      ("SAC", "ctpg/DiffDrive-v0", 8_000)])
+def test_sb3_improves_the_return(algorithm, env_id, steps):
+    import stable_baselines3
     import torch
-    from stable_baselines3 import PPO
     torch.set_num_threads(1)
     env = make_env(env_id)
-    model = PPO("MlpPolicy", env, seed=0, verbose=0, device="cpu")
+    model = getattr(stable_baselines3, algorithm)("MlpPolicy", env, seed=0, verbose=0, device="cpu")
     before = mean_return(model, make_env(env_id))
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     after = mean_return(model, make_env(env_id))
-    print(f"{env_id}: PPO {steps} steps in {time.perf_counter() - start:.0f} s, "
+    print(f"{env_id}: {algorithm} {steps} steps in {time.perf_counter() - start:.0f} s, "
           f"mean return {before:.3f} -> {after:.3f}")
     assert after > before + 0.2 * abs(before), (before, after)
