@@ -4,7 +4,7 @@ SB3's defaults, on the float32 variant with the action box rescaled to [-1, 1]
 (gymnasium's RescaleAction, as SB3 recommends), for a short budget; the mean return of
 the deterministic policy on fixed reset seeds must improve on the untrained one's by 20%.
 Measured (2 shared cores): PPO on LQR, 20,000 steps in 41 s, -23.6 -> -2.34; SAC on the
-differential drive, 8,000 steps in 262 s on a busy machine, -474 -> -73. PPO with its
+differential drive, 8,000 steps in 134 s, -474 -> -73. PPO with its
 defaults did not improve the differential drive (30,000 steps), the pendulum or the
 quadrotor (20,000) in such budgets, so the drive uses SAC.
 """
