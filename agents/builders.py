@@ -5,6 +5,8 @@ the same tuples in agents/config.py).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from agents.config import ConfigError, TrainConfig
@@ -13,6 +15,9 @@ from agents.config import ConfigError, TrainConfig
 def make_system(config: TrainConfig, **env_kwargs):
     """envs.make(config.env); raises ConfigError listing the known names if unknown."""
     import envs
+    if config.env == "custom":
+        raise ConfigError("this run trained a custom system, not one of envs.names(); pass the "
+                          "same system again (system=...) to resume or evaluate it")
     try:
         return envs.make(config.env, **env_kwargs)
     except KeyError as err:
@@ -41,21 +46,25 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
                                weight_decay=config.weight_decay)
 
 
-def _constant(_: int) -> float:
-    return 1.0
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of the iteration after `step` completed ones: a pure function
+    of the iteration and the settings, so a resumed run uses exactly the rates of an
+    uninterrupted one.
 
-
-def make_scheduler(config: TrainConfig, optimizer):
-    """A torch LR scheduler stepped once per successful optimiser step.
-
-    cosine anneals to lr * lr_final over `iters`; step multiplies by lr_gamma every
-    lr_step iterations; exponential by lr_gamma every iteration.
+    constant: lr. cosine: lr (f + (1 - f) (1 + cos(pi step / iters)) / 2) with
+    f = lr_final, from lr down to f lr at the last iteration. step: lr gamma^floor(step /
+    lr_step). exponential: lr gamma^step (gamma = lr_gamma). Iterations whose step was
+    skipped (non-finite gradient) count too. Extending a run (resume with a larger
+    `iters`) recomputes the cosine over the new length: the remaining iterations get
+    the rates that a run started with the final `iters` has there, as if it had been
+    planned that long from the start (the rate jumps back up to that schedule at the
+    resume point); the other schedules do not depend on `iters`.
     """
-    sched = torch.optim.lr_scheduler
     if config.schedule == "cosine":
-        return sched.CosineAnnealingLR(optimizer, T_max=config.iters, eta_min=config.lr * config.lr_final)
+        progress = min(step, config.iters) / config.iters
+        return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
     if config.schedule == "step":
-        return sched.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+        return config.lr * config.lr_gamma ** (step // config.lr_step)
     if config.schedule == "exponential":
-        return sched.ExponentialLR(optimizer, gamma=config.lr_gamma)
-    return sched.LambdaLR(optimizer, _constant)
+        return config.lr * config.lr_gamma ** step
+    return config.lr

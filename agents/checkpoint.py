@@ -1,8 +1,11 @@
 """Checkpoints that resume a run exactly.
 
-A checkpoint holds everything the next iteration depends on: policy, optimiser and
-scheduler states, the batch generator's and torch's global RNG states, the counters
+A checkpoint holds everything the next iteration depends on: policy and optimiser
+states, the batch generator's and torch's global RNG states, the counters
 (iteration, cumulative oracle evaluations, wall-clock, skipped steps) and the config.
+The learning rate is a pure function of the iteration (agents.builders.learning_rate),
+so no scheduler state is stored. Also kept: `env_kwargs`, the overrides the system was
+built with, so the policy can be loaded and evaluated on the same system later.
 Files are written to a temporary name and moved into place with os.replace, so a
 run killed mid-write leaves the previous checkpoint intact.
 """
@@ -36,8 +39,8 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CHECKPOINT_NAME
 
 
-def save_checkpoint(run_dir, *, policy, optimizer, scheduler, generator, counters: Counters,
-                    config: dict, history: list) -> Path:
+def save_checkpoint(run_dir, *, policy, optimizer, generator, counters: Counters,
+                    config: dict, history: list, env_kwargs: dict | None = None) -> Path:
     """Write the run's state atomically to run_dir/checkpoint.pt; returns the path.
 
     Costs one torch.save of the parameters and optimiser moments (a few KB to MB).
@@ -46,12 +49,12 @@ def save_checkpoint(run_dir, *, policy, optimizer, scheduler, generator, counter
     payload = {
         "policy": policy.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "counters": dataclasses.asdict(counters),
         "config": dict(config),
         "history": list(history),
+        "env_kwargs": dict(env_kwargs or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -67,11 +70,10 @@ def load_checkpoint(run_dir) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def restore(payload: dict, *, policy, optimizer, scheduler, generator) -> tuple[Counters, list]:
+def restore(payload: dict, *, policy, optimizer, generator) -> tuple[Counters, list]:
     """Load a payload into freshly built objects; returns (counters, eval history)."""
     policy.load_state_dict(payload["policy"])
     optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
     generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
     return Counters(**payload["counters"]), list(payload["history"])

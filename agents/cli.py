@@ -1,13 +1,16 @@
-"""The `ctpg` command line: `ctpg train ...` and `ctpg bench ...`.
+"""The `ctpg` command line: `ctpg train ...`, `ctpg eval ...` and `ctpg bench ...`.
 
     ctpg train                                   # differential drive, CTPG, per-env defaults
     ctpg train --env lqr --estimator bptt --dt 0.05 --iters 200 --logdir runs/lqr
     ctpg train --logdir runs/lqr --resume --iters 400
+    ctpg eval --logdir runs/lqr --episodes 5 --video lqr.gif
     ctpg bench pareto --env lqr --out results/
+    ctpg --version                               # also: python -m ctpg
 
 The options of `train` are generated from the fields of agents.config.TrainConfig,
 so --help and the Python API never drift apart. Bad names or values exit with code 2
-and a one-line message; a run that diverged exits with 1.
+and a two-line message (short usage, reason); a run that diverged exits with 1, one
+stopped by Ctrl-C with 130 after saving its checkpoint.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import importlib
 import sys
 
 from agents.config import ENV_DEFAULTS, ConfigError, TrainConfig
+
+EXIT_INTERRUPTED = 130   # the shell's code for a process stopped by SIGINT
 
 BENCHMARKS = {
     "pareto": "benchmarks.pareto",
@@ -87,6 +92,8 @@ def _add_field(group, f: dataclasses.Field) -> None:
 def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a policy (no options: differential drive with CTPG)",
+        prog="ctpg train", usage="%(prog)s [--env NAME] [--estimator NAME] [--logdir DIR] [--resume] "
+                                 "[options]  (--help lists them)",
         description="Train a feedback policy with a continuous-time policy-gradient estimator. "
                     "Unset options take the per-environment defaults of agents/config.py "
                     "(listed after each option). Logs go to TensorBoard event files and "
@@ -106,7 +113,7 @@ def _train_parser(sub) -> None:
 
 def _bench_parser(sub) -> None:
     p = sub.add_parser(
-        "bench", help="run a benchmark from benchmarks/", add_help=False,
+        "bench", help="run a benchmark from benchmarks/", add_help=False, prog="ctpg bench",
         description="Run benchmarks.<name>.main(argv). --env, --out and --full are passed on, "
                     "and so is anything else (e.g. --smoke); `ctpg bench NAME --help` shows "
                     "the benchmark's own options.")
@@ -118,11 +125,29 @@ def _bench_parser(sub) -> None:
     p.set_defaults(command_parser=p)
 
 
+def _eval_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a trained policy, optionally filming it", prog="ctpg eval",
+        usage="%(prog)s --logdir DIR [--episodes N] [--video PATH] [--seed S]",
+        description="Load the checkpoint in --logdir, report the held-out evaluation metrics (as "
+                    "the trainer computes them) and the returns of gymnasium episodes, and write "
+                    "a video of those episodes (.mp4 needs pip install -e '.[video]'; .gif needs imageio).")
+    p.add_argument("--logdir", required=True, help="run directory holding checkpoint.pt")
+    p.add_argument("--episodes", type=int, default=5, help="gym episodes to run (default: 5)")
+    p.add_argument("--video", default=None, metavar="PATH", help="write the episodes as PATH (.mp4 or .gif)")
+    p.add_argument("--seed", type=int, default=0, help="reset seed of the first episode (default: 0)")
+    p.set_defaults(command_parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctpg", description="Continuous-time policy gradients: "
-                                     "train policies and run benchmarks.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,bench}")
+    from ctpg import __version__
+    parser = argparse.ArgumentParser(prog="ctpg", usage="ctpg [--version] {train,eval,bench} ...",
+                                     description="Continuous-time policy gradients: train policies, "
+                                                 "evaluate them and run benchmarks.")
+    parser.add_argument("--version", action="version", version=f"ctpg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
     _train_parser(sub)
+    _eval_parser(sub)
     _bench_parser(sub)
     return parser
 
@@ -136,7 +161,23 @@ def run_train(parser, args) -> int:
         result = train(env, estimator, logdir=args.logdir, resume=args.resume, **overrides)
     except ConfigError as err:
         parser.error(str(err))
+    if result.status == "interrupted":
+        return EXIT_INTERRUPTED
     return 1 if result.status == "diverged" else 0
+
+
+def run_eval(parser, args) -> int:
+    from agents.replay import evaluate_run, format_report
+    if args.episodes < 0:
+        parser.error(f"--episodes must be >= 0, got {args.episodes}")
+    try:
+        out = evaluate_run(args.logdir, episodes=args.episodes, video=args.video, seed=args.seed)
+    except FileNotFoundError as err:
+        parser.error(f"{err}; is --logdir a run directory of `ctpg train`?")
+    except (ConfigError, RuntimeError) as err:
+        parser.error(str(err))
+    print(format_report(out))
+    return 0
 
 
 def run_bench(parser, args, extra: list[str]) -> int:
@@ -166,12 +207,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:
-        parser.error("choose a command: train or bench (try `ctpg train --help`)")
+        parser.error("choose a command: train, eval or bench (try `ctpg train --help`)")
     if extra and args.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "train":
-        return run_train(args.command_parser, args)
-    return run_bench(args.command_parser, args, extra)
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "train":
+            return run_train(args.command_parser, args)
+        if args.command == "eval":
+            return run_eval(args.command_parser, args)
+        return run_bench(args.command_parser, args, extra)
+    except KeyboardInterrupt:   # a second Ctrl-C during training, or one outside the loop
+        print("[ctpg] aborted; a training run keeps its last checkpoint (resume with --resume)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Run logging: TensorBoard scalars with stable tags, a CSV twin, figures, a progress bar.
+"""Run logging: TensorBoard scalars with stable tags, a CSV twin, figures, hyperparameters.
 
 Every scalar tag the trainer writes is a key of `TAGS`; writing any other tag is an
 error, so this dict is the complete, documented list (the README's tag table is
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from pathlib import Path
 
 TAGS: dict[str, str] = {
@@ -38,10 +37,11 @@ TAGS: dict[str, str] = {
     "time/wall": "Cumulative wall-clock seconds of the run, evaluation included, across resumes.",
     "train/skipped_steps": "Cumulative iterations skipped because the loss or gradient was not finite.",
     "eval/final_distance": "diffdrive: median distance of the final position to the origin.",
-    "eval/final_position_error": "quadrotor: median distance of the final position to the target.",
-    "eval/max_tilt": "quadrotor: largest final tilt from upright over the held-out starts, in degrees.",
+    "eval/final_position_error": "quadrotor, quadrotor_realistic: median distance of the final position to the target.",
+    "eval/max_tilt": "quadrotor, quadrotor_realistic: largest final tilt from upright over the held-out starts, in degrees.",
     "eval/upright_fraction": "cartpole, pendulum: fraction of held-out starts within 25 degrees of upright at T.",
-    "eval/cost_ratio_lqr": "lqr: mean eval cost over the mean exact cost of the optimal LQR gain.",
+    "eval/cost_ratio_lqr": ("lqr: mean eval cost over the mean cost of the optimal stationary gain u = -Kx, "
+                            "exact, over the run's horizon (--horizon) from the same starts; 1 matches it."),
     "eval/goal_distance_rms": "electric: root-mean-square distance of the particle to the moving goal over [0, T].",
     "eval/final_state_norm": "Other environments: median norm of the final state.",
 }
@@ -101,6 +101,19 @@ class RunLogger:
     def hparams(self, config: dict) -> None:
         self.writer.add_text(HPARAMS_TAG, hparams_table(config), 0)
 
+    def hparams_with_metrics(self, config: dict, metrics: dict) -> None:
+        """The settings and the final metrics for TensorBoard's HParams dashboard.
+
+        `metrics` maps scalar tags already logged in this run (cost/eval, eval/...) to
+        their final values; the dashboard reads each metric's last value from those
+        scalars, so runs are compared on their final evaluation. Values that are not
+        numbers, strings or booleans (tuples, None) are written as strings.
+        """
+        from torch.utils.tensorboard.summary import hparams
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config.items()}
+        for summary in hparams(values, dict(metrics)):
+            self.writer.file_writer.add_summary(summary)
+
     def figure(self, step: int, fig) -> None:
         self.writer.add_figure(FIGURE_TAG, fig, step, close=True)
 
@@ -121,10 +134,3 @@ def _truncate_csv(path: Path, last_step: int) -> None:
     with open(tmp, "w", newline="") as handle:
         csv.writer(handle).writerows(kept)
     os.replace(tmp, path)
-
-
-def progress_bar(total: int, initial: int, quiet: bool):
-    """A tqdm bar over iterations, disabled when quiet or when stderr is not a terminal."""
-    from tqdm import tqdm
-    disable = quiet or not sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=disable, unit="it", dynamic_ncols=True)

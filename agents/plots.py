@@ -96,6 +96,7 @@ def states_figure(run, title: str):
 FIGURES = {
     "diffdrive": lambda run, title: plane_figure(run, title),
     "quadrotor": quadrotor_figure,
+    "quadrotor_realistic": quadrotor_figure,
     "electric": lambda run, title: plane_figure(run, title, target=None),
     "cartpole": lambda run, title: pole_figure(run, title, angle=1, position=0),
     "pendulum": lambda run, title: pole_figure(run, title, angle=0, position=None, upright=math.pi),

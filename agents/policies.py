@@ -3,7 +3,7 @@
 A policy is any torch callable from states [N,d] to actions [N,k]; the trainer and
 every estimator accept any nn.Module. The pieces here compose with nn.Sequential:
 
-    features (sin/cos of angles)  ->  MLP or Linear  ->  Squash to [low, high]
+    features (sin/cos of angles)  ->  MLP or Linear  ->  Squash into [low, high]
                                                         (or Offset by a nominal action)
 
 `make_policy(system_or_name)` assembles them with the per-environment defaults of
@@ -98,17 +98,32 @@ class Linear(MLP):
 
 
 class Squash(nn.Module):
-    """Map unbounded z to (low, high) elementwise: low + (high - low) (tanh z + 1) / 2."""
+    """Map unbounded z smoothly into (low, high) with unit slope at a centre c:
 
-    def __init__(self, low: torch.Tensor, high: torch.Tensor):
+        u = c + s tanh(z / s),   s = high - c for z >= 0,  s = c - low for z < 0
+
+    c defaults to the midpoint (then s is the half-width on both sides and the map is
+    smooth); a nominal action such as hover thrust may be the centre instead (the map
+    is then twice continuously differentiable at z = 0). Near z = 0 the action is
+    c + z, as without bounds, so wide physical limits leave a small policy's
+    learning unchanged and only compress actions as they approach a bound.
+    """
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor, centre: torch.Tensor | None = None):
         super().__init__()
-        if torch.any(torch.as_tensor(high) <= torch.as_tensor(low)):
+        low, high = torch.as_tensor(low), torch.as_tensor(high)
+        if torch.any(high <= low):
             raise ValueError(f"action bounds must satisfy low < high, got low={low}, high={high}")
-        self.register_buffer("low", torch.as_tensor(low).clone())
-        self.register_buffer("high", torch.as_tensor(high).clone())
+        centre = (low + high) / 2 if centre is None else torch.as_tensor(centre).to(low)
+        if torch.any(centre <= low) or torch.any(centre >= high):
+            raise ValueError(f"the centre {centre} must lie strictly inside the bounds [{low}, {high}]")
+        self.register_buffer("low", low.clone())
+        self.register_buffer("high", high.clone())
+        self.register_buffer("centre", centre.clone(), persistent=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.low + (self.high - self.low) * 0.5 * (torch.tanh(z) + 1.0)
+        scale = torch.where(z >= 0, self.high - self.centre, self.centre - self.low)
+        return self.centre + scale * torch.tanh(z / scale)
 
 
 class Offset(nn.Module):
@@ -143,16 +158,27 @@ FEATURES: dict[str, Callable[[object], nn.Module]] = {
 }
 
 
-# Output maps per environment for unbounded actions with a nonzero nominal value:
-# a quadrotor whose network starts near zero should start near hover, not free fall.
-OUTPUTS: dict[str, Callable[[object], nn.Module]] = {
-    "quadrotor": lambda s: Offset(s.hover_action),
+# Nominal actions per environment: the centre of the Squash (or, for unbounded actions,
+# an Offset), so that a quadrotor whose network starts near zero starts near hover,
+# not in free fall.
+NOMINAL: dict[str, Callable[[object], torch.Tensor]] = {
+    "quadrotor": lambda s: s.hover_action,
+    "quadrotor_realistic": lambda s: s.hover_action,
 }
 
 
+CUSTOM = "custom"
+
+
 def env_name(system) -> str:
-    """The registry name of a system: its `name` attribute, else its module's last part."""
-    return getattr(system, "name", None) or type(system).__module__.rsplit(".", 1)[-1]
+    """The registry name of a system: its `name` attribute (set by envs.make), else the
+    module name of a class from the envs package (envs.quadrotor -> "quadrotor"), else
+    "custom": a system of your own gets generic defaults, never another environment's."""
+    name = getattr(system, "name", None)
+    if name:
+        return name
+    module = type(system).__module__
+    return module.rsplit(".", 1)[-1] if module.startswith("envs.") else CUSTOM
 
 
 def make_policy(system_or_name, *, env: str | None = None, hidden=None, activation=None,
@@ -161,8 +187,10 @@ def make_policy(system_or_name, *, env: str | None = None, hidden=None, activati
 
     Unset options take the per-environment values of agents/config.py. The result is
     nn.Sequential(features?, MLP, Squash or Offset?) in the system's dtype and device;
-    Squash is added only when the system has action bounds, Offset (a nominal action
-    such as hover thrust) only for unbounded environments listed in OUTPUTS.
+    Squash is added when the system has action bounds (centred at the environment's
+    nominal action in NOMINAL, else at the midpoint), Offset by the nominal action
+    otherwise. A system that is not a registered environment (env "custom") gets the
+    generic defaults: an MLP from state_dim to action_dim.
     """
     if isinstance(system_or_name, str):
         import envs
@@ -180,8 +208,9 @@ def make_policy(system_or_name, *, env: str | None = None, hidden=None, activati
         layers.append(FEATURES[env](system))
         in_dim = layers[-1].out_dim
     layers.append(MLP(in_dim, system.action_dim, hidden, activation, last_layer_scale))
+    nominal = NOMINAL[env](system) if env in NOMINAL else None
     if squash and system.action_low is not None:
-        layers.append(Squash(system.action_low, system.action_high))
-    elif env in OUTPUTS:
-        layers.append(OUTPUTS[env](system))
+        layers.append(Squash(system.action_low, system.action_high, nominal))
+    elif nominal is not None:
+        layers.append(Offset(nominal))
     return nn.Sequential(*layers).to(dtype=system.dtype, device=system.device)

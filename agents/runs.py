@@ -19,14 +19,15 @@ from agents.config import ConfigError, TrainConfig, resolve_config, validate
 
 # Settings a resumed run may change: none of them alters the parameter trajectory.
 RESUMABLE = frozenset({"iters", "max_oracle_evals", "max_wall_time", "max_bad_steps", "quiet",
-                       "eval_every", "figure_every", "checkpoint_every", "threads"})
+                       "eval_every", "figure_every", "checkpoint_every", "threads", "log_every"})
 
 
 @dataclass
 class TrainResult:
     """What a run produced. `status` is one of completed (all iterations), budget
-    (oracle or wall-clock budget spent), stopped (progress_fn returned False) or
-    diverged (too many non-finite steps in a row); `message` says which in words."""
+    (oracle or wall-clock budget spent), stopped (progress_fn returned False),
+    interrupted (Ctrl-C; checkpoint saved) or diverged (too many non-finite steps in a
+    row); `message` says which in words."""
 
     policy: torch.nn.Module
     config: TrainConfig
@@ -55,6 +56,13 @@ def report(result: TrainResult) -> None:
           file=sys.stderr)
 
 
+def interrupted_line(result: TrainResult) -> str:
+    """One line: where an interrupted run stopped and the exact command that resumes it."""
+    import shlex
+    return (f"[ctpg] interrupted at iteration {result.step} of {result.config.iters}; checkpoint saved "
+            f"in {result.run_dir}; resume with: ctpg train --logdir {shlex.quote(str(result.run_dir))} --resume")
+
+
 def default_run_dir(config: TrainConfig, root: str = "runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{config.env}__{config.estimator}__{config.seed}__{stamp}"
@@ -63,8 +71,9 @@ def default_run_dir(config: TrainConfig, root: str = "runs") -> Path:
 def prepare_run(env, estimator, logdir, resume: bool, overrides: dict):
     """(run_dir, config, checkpoint payload or None) for a new or resumed run.
 
-    Raises ConfigError when logdir already holds a run and resume is False, or when a
-    resumed run is asked to change a setting outside RESUMABLE.
+    Raises ConfigError when logdir already holds a run and resume is False, when
+    resume is True and logdir holds no checkpoint, or when a resumed run is asked to
+    change a setting outside RESUMABLE.
     """
     if resume and logdir is None:
         raise ConfigError("resume needs the run directory: pass logdir= (--logdir DIR)")
@@ -76,7 +85,8 @@ def prepare_run(env, estimator, logdir, resume: bool, overrides: dict):
         config = _resumed_config(payload["config"], env, estimator, overrides)
         return Path(logdir), config, payload
     if resume:
-        print(f"[ctpg] no checkpoint in {logdir}; starting a new run there", file=sys.stderr)
+        raise ConfigError(f"nothing to resume: {ckpt.checkpoint_path(logdir)} does not exist; check "
+                          "--logdir, or drop --resume to start a new run there")
     config = resolve_config(env or "diffdrive", estimator or "ctpg", **overrides)
     run_dir = Path(logdir) if logdir is not None else default_run_dir(config)
     return run_dir, config, None

@@ -8,9 +8,10 @@ returning False stops the run. Each iteration costs one estimator forward and ba
 `batch_size` initial states; every `eval_every` iterations an accurate solve on the
 held-out states adds roughly one tight-tolerance forward solve. A non-finite loss or
 gradient never reaches the parameters: the step is skipped and counted, and after
-`max_bad_steps` in a row the run stops with status "diverged". Runs are reproducible
-under a seed, and a run resumed from its checkpoint ends with parameters bitwise
-equal to an uninterrupted run's.
+`max_bad_steps` in a row the run stops with status "diverged". Ctrl-C stops the run at
+the next iteration boundary with status "interrupted", after writing a checkpoint (a
+second Ctrl-C aborts at once). Runs are reproducible under a seed, and a run resumed
+from its checkpoint ends with parameters bitwise equal to an uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -24,12 +25,13 @@ import torch
 from ctpg.errors import NonFiniteError, SolverError
 
 from agents import checkpoint as ckpt
-from agents.builders import make_estimator, make_optimizer, make_scheduler, make_system
+from agents.builders import learning_rate, make_estimator, make_optimizer, make_system
 from agents.config import TrainConfig
 from agents.evaluation import heldout_states, metrics, rollout
-from agents.logging import RunLogger, progress_bar
-from agents.policies import make_policy
-from agents.runs import TrainResult, prepare_run, report
+from agents.logging import RunLogger
+from agents.policies import env_name, make_policy
+from agents.progress import Progress, StopOnInterrupt
+from agents.runs import TrainResult, interrupted_line, prepare_run, report
 
 
 def train(env: str | None = None, estimator: str | None = None, *, logdir=None,
@@ -38,12 +40,22 @@ def train(env: str | None = None, estimator: str | None = None, *, logdir=None,
     """Train a policy; keyword overrides are TrainConfig fields (iters=, lr=, seed=, ...).
 
     `system` / `policy` replace the ones built from the config (any ControlSystem,
-    any torch module mapping [N,d] to [N,k]). With resume=True an existing checkpoint
-    in `logdir` is continued under its own settings (only budgets and logging
-    intervals may change). Raises agents.config.ConfigError (a ValueError) for bad
-    settings, before any work is done.
+    any torch module mapping [N,d] to [N,k]). A `system` given without `env` names the
+    environment itself (its `name`, as envs.make sets it); a system of your own runs as
+    env "custom": generic defaults, an MLP sized from its dimensions, and metrics that
+    assume no environment. `env_kwargs` go to envs.make and are kept in the checkpoint.
+    With resume=True an existing checkpoint in `logdir` is continued under its own
+    settings (only budgets and logging intervals may change). Raises
+    agents.config.ConfigError (a ValueError) for bad settings, before any work is done.
     """
+    if env is None and system is not None and not resume:
+        env = env_name(system)
     run_dir, config, payload = prepare_run(env, estimator, logdir, resume, overrides)
+    if payload is not None:
+        env_kwargs = payload.get("env_kwargs", {}) if env_kwargs is None else env_kwargs
+        if not config.quiet:
+            print(f"[ctpg] resuming {run_dir} from iteration {payload['counters']['step']} "
+                  f"(of {config.iters})", file=sys.stderr)
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -51,61 +63,69 @@ def train(env: str | None = None, estimator: str | None = None, *, logdir=None,
         torch.manual_seed(config.seed)
         system = system if system is not None else make_system(config, **(env_kwargs or {}))
         if policy is None:
-            policy = make_policy(system, env=config.env, hidden=config.hidden,
-                                 activation=config.activation, features=config.features,
-                                 last_layer_scale=config.last_layer_scale, squash=config.squash)
-        return Trainer(config, system, policy, run_dir, payload, progress_fn).run()
+            policy = build_policy(config, system)
+        return Trainer(config, system, policy, run_dir, payload, progress_fn, env_kwargs).run()
     finally:
         torch.set_num_threads(threads)
+
+
+def build_policy(config: TrainConfig, system):
+    """The policy make_policy builds for this config and system (what a checkpoint's
+    `policy` state belongs to, unless the run was given its own policy)."""
+    return make_policy(system, env=config.env, hidden=config.hidden, activation=config.activation,
+                       features=config.features, last_layer_scale=config.last_layer_scale,
+                       squash=config.squash)
 
 
 class Trainer:
     """Holds the objects of one run; `run()` drives the loop to a stop reason."""
 
-    def __init__(self, config: TrainConfig, system, policy, run_dir: Path, payload, progress_fn):
+    def __init__(self, config: TrainConfig, system, policy, run_dir: Path, payload, progress_fn,
+                 env_kwargs: dict | None = None):
         self.config, self.system, self.policy, self.run_dir = config, system, policy, run_dir
-        self.progress_fn = progress_fn
+        self.progress_fn, self.env_kwargs = progress_fn, dict(env_kwargs or {})
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.estimator = make_estimator(config)
         self.optimizer = make_optimizer(config, self.params)
-        self.scheduler = make_scheduler(config, self.optimizer)
         self.generator = torch.Generator(device=system.device).manual_seed(config.seed)
         self.horizon = config.horizon or system.horizon
         self.x0_eval = heldout_states(system, config.eval_batch, config.eval_seed)
         self.counters, self.history = ckpt.Counters(), []
         if payload is not None:
             self.counters, self.history = ckpt.restore(
-                payload, policy=policy, optimizer=self.optimizer, scheduler=self.scheduler,
-                generator=self.generator)
+                payload, policy=policy, optimizer=self.optimizer, generator=self.generator)
         self.logger = RunLogger(run_dir, resume_step=None if payload is None else self.counters.step)
         if payload is None:
             self.logger.hparams(config.to_dict())
         self.iterations: list[dict] = []
         self.last_error = ""
+        self._last_run, self._figure_step = None, None
         self._session_start = time.perf_counter()
         self._wall_before = self.counters.wall_time
 
     # ------------------------------------------------------------------ loop
     def run(self) -> TrainResult:
-        c = self.counters
-        if c.step == 0 and c.last_eval_step < 0:
-            self.evaluate()
-        bar = progress_bar(self.config.iters, c.step, self.config.quiet)
+        c, cfg = self.counters, self.config
+        progress = Progress(cfg.iters, c.step, cfg.quiet, cfg.log_every)
         status, message = None, ""
         try:
-            while status is None:
-                status, message = self.budget_spent()
-                if status is not None:
-                    break
-                scalars = self.iteration()
-                bar.update(1)
-                bar.set_postfix(cost=f"{scalars['cost/train']:.4g}", oracle=c.oracle["total_evals"])
-                status, message = self.after_iteration(scalars)
-        except BaseException:   # Ctrl-C or a bug: keep the logs; the last checkpoint stands
+            with StopOnInterrupt() as interrupt:
+                if c.step == 0 and c.last_eval_step < 0:
+                    self.evaluate()
+                while status is None:
+                    status, message = self.budget_spent()
+                    if status is None and interrupt.requested:
+                        status, message = "interrupted", f"interrupted at iteration {c.step}"
+                    if status is not None:
+                        break
+                    scalars = self.iteration()
+                    progress.update(c.step, scalars["cost/train"], c.oracle["total_evals"], self.wall_time())
+                    status, message = self.after_iteration(scalars)
+        except BaseException:   # a second Ctrl-C or a bug: keep the logs; the last checkpoint stands
             self.logger.close()
             raise
         finally:
-            bar.close()
+            progress.close()
         return self.finish(status, message)
 
     def budget_spent(self):
@@ -138,7 +158,9 @@ class Trainer:
     def iteration(self) -> dict:
         """One optimiser step (or a counted skip); returns this iteration's scalars."""
         x0 = self.system.sample_initial_state(self.config.batch_size, self.generator)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = learning_rate(self.config, self.counters.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         snapshot, start = self.system.counter.snapshot(), time.perf_counter()
         info, grad_norm = self.estimate(x0)
@@ -147,7 +169,6 @@ class Trainer:
         if math.isfinite(grad_norm):
             self.clip()
             self.optimizer.step()
-            self.scheduler.step()
             self.counters.bad_in_row = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
@@ -224,10 +245,9 @@ class Trainer:
             values = metrics(cfg.env, self.system, run, self.x0_eval)
         tagged = {("cost/eval" if k == "cost" else f"eval/{k}"): v for k, v in values.items()}
         self.logger.scalars(c.step, tagged)
-        if run is not None and cfg.figure_every and c.evaluations % cfg.figure_every == 0:
-            from agents.plots import trajectory_figure  # matplotlib only when drawing
-            title = f"{cfg.env} / {cfg.estimator}, iteration {c.step}"
-            self.logger.figure(c.step, trajectory_figure(cfg.env, run, title))
+        self._last_run = run
+        if cfg.figure_every and c.evaluations % cfg.figure_every == 0:
+            self.figure()
         c.evaluations += 1
         c.last_eval_step = c.step
         entry = dict(values, step=c.step, oracle_total_cum=c.oracle["total_evals"],
@@ -236,26 +256,46 @@ class Trainer:
         self.logger.flush()
         return tagged
 
+    def figure(self) -> None:
+        """Draw the last evaluation's trajectories to TensorBoard (once per step)."""
+        run, step, cfg = self._last_run, self.counters.step, self.config
+        if run is None or self._figure_step == step:
+            return
+        from agents.plots import trajectory_figure  # matplotlib only when drawing
+        title = f"{cfg.env} / {cfg.estimator}, iteration {step}"
+        self.logger.figure(step, trajectory_figure(cfg.env, run, title))
+        self._figure_step = step
+
     def save(self) -> None:
         self.counters.wall_time = self.wall_time()
         ckpt.save_checkpoint(self.run_dir, policy=self.policy, optimizer=self.optimizer,
-                             scheduler=self.scheduler, generator=self.generator,
-                             counters=self.counters, config=self.config.to_dict(),
-                             history=self.history)
+                             generator=self.generator, counters=self.counters,
+                             config=self.config.to_dict(), history=self.history,
+                             env_kwargs=self.env_kwargs)
 
     def wall_time(self) -> float:
         return self._wall_before + time.perf_counter() - self._session_start
 
     def finish(self, status: str, message: str) -> TrainResult:
+        """Final evaluation, its figure and the HParams summary (not when interrupted:
+        Ctrl-C only saves), then the checkpoint and the report."""
         c = self.counters
-        if c.last_eval_step != c.step:
-            self.evaluate()
+        if status != "interrupted":
+            if c.last_eval_step != c.step:
+                self.evaluate()
+            if self.config.figure_every:
+                self.figure()
+            final = {("cost/eval" if k == "cost" else f"eval/{k}"): v for k, v in self.history[-1].items()
+                     if k not in ("step", "oracle_total_cum", "wall_time")}
+            self.logger.hparams_with_metrics(self.config.to_dict(), final)
         self.save()
         self.logger.close()
         result = TrainResult(self.policy, self.config, self.run_dir, status, message, c.step,
                              self.history, self.iterations, c.oracle["total_evals"],
                              self.wall_time(), c.skipped)
-        if status == "diverged" or not self.config.quiet:
+        if status == "interrupted":
+            print(interrupted_line(result), file=sys.stderr)
+        elif status == "diverged" or not self.config.quiet:
             report(result)
         return result
 
@@ -283,4 +323,4 @@ def _info_scalars(info) -> dict:
     return out
 
 
-__all__ = ["TrainResult", "Trainer", "train"]
+__all__ = ["TrainResult", "Trainer", "build_policy", "train"]

@@ -27,14 +27,21 @@ def field_docs(cls) -> dict:
             and isinstance(after.value, ast.Constant)}
 
 
-def parse_config(cls, argv, prog: str, doc: str, presets: dict):
-    """Build `cls` from argv; `presets` maps 'smoke' / 'full' to field overrides."""
+PRESET_HELP = {"smoke": "a tiny budget that only checks the script runs (seconds; the smoke tests use it)",
+               "full": "the budget of the README's numbers (minutes to an hour on 2 cores)"}
+
+
+def parse_config(cls, argv, prog: str, doc: str, presets: dict, preset_help: dict | None = None):
+    """Build `cls` from argv; `presets` maps 'smoke' / 'full' to field overrides, and
+    `preset_help` to what the budget means where the overrides do not say it all."""
     parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     docs = field_docs(cls)
     for name, values in presets.items():
-        parser.add_argument(f"--{name}", action="store_true",
-                            help=f"budget '{name}': " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        text = (preset_help or {}).get(name) or PRESET_HELP.get(name, f"budget '{name}'")
+        if values:
+            text += "; sets " + ", ".join(f"{k}={v}" for k, v in values.items())
+        parser.add_argument(f"--{name}", action="store_true", help=text.replace("%", "%%"))
     for field in dataclasses.fields(cls):
         flag, default = f"--{field.name.replace('_', '-')}", field.default
         text = f"{docs.get(field.name, '')} (default: {default})"

@@ -15,3 +15,9 @@ __all__ = ["ControlSystem", "OracleCounter", "autograd_jacobians", "finite_diffe
            "CTPG", "BPTT", "Backsolve", "Estimator", "EstimateInfo", "PassStats", "ESTIMATORS",
            "make_estimator", "Trajectory", "SolverError", "MaxStepsExceeded", "StepSizeTooSmall",
            "NonFiniteError"]
+
+# Added names: the version and the action saturation the estimators apply.
+from ctpg._version import __version__  # noqa: E402
+from ctpg.system import saturated_policy  # noqa: E402
+
+__all__ += ["__version__", "saturated_policy"]

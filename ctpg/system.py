@@ -96,6 +96,11 @@ class ControlSystem:
     in torch; a system with analytic derivatives or a black-box simulator overrides
     them (see `finite_difference_jacobians`). Overridden oracle methods are counted
     automatically.
+
+    Action bounds are a saturation, not advice: the estimators evaluate f and the
+    running cost at clamp(pi(x), action_low, action_high) (see `saturated_policy`),
+    exactly what the gymnasium environment does to an out-of-range action, so `f`
+    and `running_cost` themselves never see an action outside the bounds.
     """
 
     state_dim: int
@@ -233,10 +238,26 @@ class ControlSystem:
         black-box simulators included, and each backward is counted as a vjp."""
         return _DynamicsFunction.apply(self, x, u, *params)
 
-    def clip_action(self, u: torch.Tensor) -> torch.Tensor:
-        if self.action_low is None:
-            return u
-        return torch.maximum(torch.minimum(u, self.action_high), self.action_low)
+
+def saturated_policy(policy, system: ControlSystem):
+    """The policy as the system sees it: x -> clamp(policy(x), action_low, action_high).
+
+    Returns `policy` itself when the system has no action bounds. Otherwise the
+    wrapper clamps with torch.clamp, whose derivative is 1 inside the bounds (bounds
+    included) and 0 outside, so the estimators differentiate the saturated closed loop
+    dx/dt = f(x, sat(pi(x))) with running cost w(x, sat(pi(x))): the problem a
+    gymnasium environment poses when it clips the action. Costs one clamp per policy
+    call. A policy that already maps into the bounds (a tanh squash) is unchanged.
+    """
+    if system.action_low is None:
+        return policy
+
+    def saturated(x: torch.Tensor) -> torch.Tensor:
+        u = policy(x)
+        return torch.clamp(u, system.action_low.to(u), system.action_high.to(u))
+
+    saturated.policy = policy
+    return saturated
 
 
 class _DynamicsFunction(torch.autograd.Function):

@@ -26,10 +26,17 @@ def names() -> list[str]:
 
 
 def make(name: str, **overrides) -> ControlSystem:
-    """Build the environment registered as `name`, passing `overrides` to its constructor."""
+    """Build the environment registered as `name`, passing `overrides` to its constructor.
+
+    The system's `name` attribute is set to `name` (unless the factory set one), so
+    agents can pick the environment's defaults and metrics from the instance alone.
+    """
     if name not in _REGISTRY:
         raise KeyError(f"unknown environment {name!r}; known environments: {', '.join(names())}")
-    return _REGISTRY[name](**overrides)
+    system = _REGISTRY[name](**overrides)
+    if not getattr(system, "name", None):
+        system.name = name
+    return system
 
 
 def _lazy(path: str) -> Callable[..., ControlSystem]:
@@ -48,6 +55,7 @@ def _lazy(path: str) -> Callable[..., ControlSystem]:
 register("lqr", _lazy("envs.lqr:LQR"))
 register("diffdrive", _lazy("envs.diffdrive:DiffDrive"))
 register("quadrotor", _lazy("envs.quadrotor:Quadrotor"))
+register("quadrotor_realistic", _lazy("envs.quadrotor:realistic_quadrotor"))
 register("cartpole", _lazy("envs.cartpole:Cartpole"))
 register("electric", _lazy("envs.electric:Electric"))
 register("pendulum", _lazy("envs.pendulum:Pendulum"))

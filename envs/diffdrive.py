@@ -26,6 +26,12 @@ class DiffDriveParams:
     position_range: float = 5.0     # x0, y0 ~ U(-position_range, position_range)
 
 
+# Traction limit: the wheels cannot accelerate the robot faster than friction allows,
+# mu g with mu ~ 1 (rubber on a hard floor), i.e. a wheel angular acceleration of
+# mu g / r = 9.8 / 0.5 = 19.6 rad/s^2 at the default radius; rounded up to 20.
+MAX_WHEEL_ACCELERATION = 20.0
+
+
 def diffdrive_dynamics(x: torch.Tensor, u: torch.Tensor, p: DiffDriveParams) -> torch.Tensor:
     """dx/dt of the batch x [N,5] = (x, y, heading, wl, wr) under u [N,2] = (u1, u2)."""
     heading, wl, wr = x[:, 2], x[:, 3], x[:, 4]
@@ -65,7 +71,9 @@ class DiffDrive(ControlSystem):
     State   (x, y, h, wl, wr): axle-midpoint position, heading h (radians, not
             wrapped), left and right wheel angular velocities. d = 5.
     Action  (u1, u2): left and right wheel angular accelerations (torque over
-            wheel inertia). k = 2, unbounded (action_low = action_high = None).
+            wheel inertia). k = 2, bounds [-20, 20] rad/s^2 each: the traction limit
+            mu g / r with mu ~ 1 (`MAX_WHEEL_ACCELERATION`; the default-trained policy
+            stays below 10). max_wheel_acceleration=None removes them.
     Cost    w = x^2 + y^2 + 0.1 (wl^2 + wr^2 + u1^2 + u2^2), J = 0.
     x0      x, y ~ U(-5, 5), h ~ U(0, 2 pi), wheels at rest.
     Horizon T = 5.
@@ -78,11 +86,18 @@ class DiffDrive(ControlSystem):
     state_dim = 5
     action_dim = 2
 
-    def __init__(self, horizon: float = 5.0, dtype: torch.dtype = torch.float64,
-                 device: str | torch.device = "cpu", **params):
+    def __init__(self, horizon: float = 5.0, max_wheel_acceleration: float | None = MAX_WHEEL_ACCELERATION,
+                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu", **params):
         super().__init__(dtype, device)
         self.horizon = float(horizon)
         self.params = override_params(DiffDriveParams(), params, type(self).__name__)
+        if max_wheel_acceleration is not None:
+            if not max_wheel_acceleration > 0:
+                raise ValueError("max_wheel_acceleration must be positive or None (unbounded), "
+                                 f"got {max_wheel_acceleration}")
+            self.action_high = torch.full((2,), float(max_wheel_acceleration), dtype=dtype,
+                                          device=self.device)
+            self.action_low = -self.action_high
 
     def f(self, x, u):
         return diffdrive_dynamics(x, u, self.params)

@@ -78,7 +78,8 @@ class Electric(ControlSystem):
             the goal points are carried in the state, with trivial derivatives, so
             that f and the cost stay autonomous (time-invariant) while the goal moves.
     Action  u in [-1, 1]^8: electrode charges; positive repels the particle
-            (action_low = -1, action_high = 1 tensors; f itself does not clip).
+            (action_low = -1, action_high = 1 tensors; f itself does not clip, the
+            estimators and the gym env saturate u to them before f).
     Cost    w = |pos - goal(clock)|^2 with goal piecewise linear g0 -> g1 -> g2 over
             [0, segment_time] and [segment_time, 2 segment_time] (`goal_position`);
             no control cost, as in DiffTaichi. J = 0.

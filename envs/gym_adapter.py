@@ -13,15 +13,25 @@
   number of intervals), because the env has to know the final step anyway to add the
   terminal cost; the registration therefore sets no max_episode_steps. There is no
   termination. Stepping past the horizon raises; call reset().
-- Observation: the state x as float64, Box(-inf, inf, (d,)). Action: Box with the
-  system's bounds, or (-inf, inf) for an unbounded system, float64. Out-of-bounds
-  actions are clipped to the bounds (info["action_clipped"] says so); a wrong shape
+- Observation: the state x, Box(-inf, inf, (d,)). Action: Box with the system's
+  bounds (every registered id has finite ones, so Stable-Baselines3's PPO and SAC
+  accept it; an unbounded system gets (-inf, inf)). Both spaces are float64 unless
+  `dtype=np.float32` is passed (what SB3 recommends); float32 action bounds are
+  rounded inwards so the box stays inside the system's bounds. The integration
+  inside `step` runs in the system's dtype (float64) either way. Out-of-bounds actions
+  are clipped to the bounds (info["action_clipped"] says so), exactly the saturation
+  `ctpg.saturated_policy` applies in the estimators, so an episode's return is minus
+  the cost the estimators assign to the same (sampled-and-held) policy; a wrong shape
   or a NaN/Inf action raises ValueError.
 - reset(seed=...) draws x0 from `sample_initial_state` with a torch.Generator seeded
   from `self.np_random`, so it is reproducible; options={"state": x0} starts from x0.
 - render_mode "rgb_array" only ("human" would need a display and can abort the
   process headless): the system's own `render(x, width, height)` when it has one
-  (the MuJoCo cart-pole), else a matplotlib drawing (`envs.gym_render`).
+  (the MuJoCo cart-pole), else a matplotlib drawing of the state (`envs.gym_render`:
+  the vehicle and its heading, the quadrotor's projected body frame, the electrodes'
+  charges and the goal, the pendulum, or the state plane with the action).
+- Without importing `envs` first: `gymnasium.make("envs:ctpg/LQR-v0")` (gymnasium
+  imports the module named before the colon, which registers the ids).
 Failure modes: the solver raises NonFiniteError if the state blows up inside a step,
 and MaxStepsExceeded if the dynamics are too stiff for the tolerances.
 """
@@ -39,16 +49,21 @@ from ctpg.system import ControlSystem
 
 # gymnasium id -> (envs.make name, adapter defaults). Intervals: the cart-pole uses
 # dm_control's 0.01 s control step; the electric task DiffTaichi's 0.03 s (T = 512 dt);
-# the pendulum's angle is 0 hanging down, which the "pole" drawing assumes.
+# the realistic quadrotor 0.01 s (100 Hz, attitude loops run at least that fast: its
+# torque limits give up to 112 rad/s^2, too fast for 20 Hz); the pendulum's angle is 0
+# hanging down, which the "pole" drawing assumes.
+# LQR gets finite action bounds here only (envs.lqr.GYM_ACTION_BOUND explains the value).
 GYM_ENVS = {
-    "ctpg/LQR-v0": ("lqr", {}),
-    "ctpg/DiffDrive-v0": ("diffdrive", {}),
-    "ctpg/Quadrotor-v0": ("quadrotor", {}),
+    "ctpg/LQR-v0": ("lqr", {"action_bound": 5.0}),
+    "ctpg/DiffDrive-v0": ("diffdrive", {"drawing": "diffdrive"}),
+    "ctpg/Quadrotor-v0": ("quadrotor", {"drawing": "quadrotor"}),
+    "ctpg/QuadrotorRealistic-v0": ("quadrotor_realistic", {"dt": 0.01, "drawing": "quadrotor"}),
     "ctpg/CartpoleSwingup-v0": ("cartpole", {"dt": 0.01}),
-    "ctpg/Electric-v0": ("electric", {"dt": 0.03}),
+    "ctpg/Electric-v0": ("electric", {"dt": 0.03, "drawing": "electric"}),
     "ctpg/Pendulum-v0": ("pendulum", {"drawing": "pole"}),
 }
-DRAWINGS = ("system", "xy", "pole")
+DRAWINGS = ("system", "xy", "pole", "diffdrive", "quadrotor", "electric")
+DTYPES = (np.float64, np.float32)
 
 
 def register_gym_envs() -> None:
@@ -65,7 +80,8 @@ class ControlEnv(gymnasium.Env):
 
     Args: system, name or instance; dt, the control interval, which must divide the
     horizon; method, rtol, atol, substep, the integration inside `step` (see the module
-    docstring); render_mode, None or "rgb_array"; drawing, "system", "xy" or "pole"
+    docstring); dtype, np.float64 or np.float32, of the spaces, observations and the
+    action box; render_mode, None or "rgb_array"; drawing, one of DRAWINGS
     (default: "system" if the system has a `render` method, else "xy");
     render_width, render_height in pixels; **overrides, passed to `envs.make`.
     """
@@ -74,7 +90,7 @@ class ControlEnv(gymnasium.Env):
 
     def __init__(self, system: str | ControlSystem = "lqr", *, dt: float = 0.05,
                  method: str = "dopri5", rtol: float = 1e-8, atol: float = 1e-8,
-                 substep: float | None = None, render_mode: str | None = None,
+                 substep: float | None = None, dtype=np.float64, render_mode: str | None = None,
                  drawing: str | None = None, render_width: int = 320, render_height: int = 240,
                  **overrides):
         self.system = _build_system(system, overrides)
@@ -85,8 +101,9 @@ class ControlEnv(gymnasium.Env):
         self.drawing = _choose_drawing(drawing, self.system)
         self.render_size = (int(render_width), int(render_height))
         self.metadata = {**self.metadata, "render_fps": max(1, round(1 / self.dt))}
-        self.observation_space, self.action_space = _spaces(self.system)
-        self._x, self._steps, self._path = None, 0, []
+        self.dtype = _check_dtype(dtype)
+        self.observation_space, self.action_space = _spaces(self.system, self.dtype)
+        self._x, self._steps, self._path, self._u = None, 0, [], None
 
     # -------------------------------------------------------------- gymnasium
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -97,7 +114,7 @@ class ControlEnv(gymnasium.Env):
             x0 = self.system.sample_initial_state(1, generator)
         else:
             x0 = self._state_tensor(state)
-        self._x, self._steps, self._path = x0, 0, [self._observation(x0)]
+        self._x, self._steps, self._path, self._u = x0, 0, [self._state(x0)], None
         return self._observation(x0), {"t": 0.0}
 
     def step(self, action):
@@ -114,7 +131,8 @@ class ControlEnv(gymnasium.Env):
         if truncated:
             cost += float(self.system.terminal_cost(self._x)[0])
         obs = self._observation(self._x)
-        self._path.append(obs.copy())
+        self._path.append(self._state(self._x))
+        self._u = u[0].detach().cpu().numpy()
         info = {"t": self._steps * self.dt, "cost": cost, "action_clipped": clipped}
         return obs, -cost, False, truncated, info
 
@@ -126,9 +144,8 @@ class ControlEnv(gymnasium.Env):
         width, height = self.render_size
         if self.drawing == "system":
             return self.system.render(self._x[0], width=width, height=height)
-        if self.drawing == "pole":
-            return gym_render.draw_pole(float(self._x[0, 0]), width, height)
-        return gym_render.draw_xy(np.stack(self._path), width, height)
+        draw = gym_render.DRAWINGS[self.drawing]
+        return draw(np.stack(self._path), self._u, self.system, width, height)
 
     def close(self):
         close = getattr(self.system, "close", None)
@@ -158,7 +175,7 @@ class ControlEnv(gymnasium.Env):
                              f"of {shape[0]} values, e.g. env.action_space.sample()")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action contains NaN or Inf: {a}")
-        clipped = np.clip(a, self.action_space.low, self.action_space.high)
+        clipped = np.clip(a, self._low, self._high)
         u = torch.as_tensor(clipped[None], dtype=self.system.dtype, device=self.system.device)
         return u, bool(np.any(clipped != a))
 
@@ -170,8 +187,22 @@ class ControlEnv(gymnasium.Env):
                              f"got {tuple(np.shape(state))}")
         return x
 
+    @property
+    def _low(self) -> np.ndarray:
+        """The system's own lower bounds in float64 (the float32 box may sit inside them)."""
+        low = self.system.action_low
+        return self.action_space.low.astype(np.float64) if low is None else low.detach().cpu().numpy()
+
+    @property
+    def _high(self) -> np.ndarray:
+        high = self.system.action_high
+        return self.action_space.high.astype(np.float64) if high is None else high.detach().cpu().numpy()
+
+    def _observation(self, x: torch.Tensor) -> np.ndarray:
+        return x[0].detach().cpu().numpy().astype(self.dtype, copy=True)
+
     @staticmethod
-    def _observation(x: torch.Tensor) -> np.ndarray:
+    def _state(x: torch.Tensor) -> np.ndarray:
         return x[0].detach().cpu().numpy().astype(np.float64, copy=True)
 
 
@@ -215,12 +246,25 @@ def _choose_drawing(drawing, system) -> str:
     return drawing
 
 
-def _spaces(system: ControlSystem):
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype).type
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be np.float64 or np.float32 (what Stable-Baselines3 "
+                         f"recommends), got {dtype.__name__}")
+    return dtype
+
+
+def _spaces(system: ControlSystem, dtype=np.float64):
+    """(observation box, action box) in `dtype`; float32 action bounds are rounded
+    towards the inside of the system's float64 bounds."""
     d, k = system.state_dim, system.action_dim
-    observation = spaces.Box(-np.inf, np.inf, (d,), np.float64)
+    observation = spaces.Box(-np.inf, np.inf, (d,), dtype)
     if system.action_low is None:
-        return observation, spaces.Box(-np.inf, np.inf, (k,), np.float64)
+        return observation, spaces.Box(-np.inf, np.inf, (k,), dtype)
     low = system.action_low.detach().cpu().numpy().astype(np.float64)
     high = system.action_high.detach().cpu().numpy().astype(np.float64)
-    low, high = np.broadcast_to(low, (k,)).copy(), np.broadcast_to(high, (k,)).copy()
-    return observation, spaces.Box(low, high, (k,), np.float64)
+    low, high = np.broadcast_to(low, (k,)), np.broadcast_to(high, (k,))
+    low_t, high_t = low.astype(dtype), high.astype(dtype)
+    low_t = np.where(low_t < low, np.nextafter(low_t, dtype(np.inf)), low_t).astype(dtype)
+    high_t = np.where(high_t > high, np.nextafter(high_t, dtype(-np.inf)), high_t).astype(dtype)
+    return observation, spaces.Box(low_t, high_t, (k,), dtype)

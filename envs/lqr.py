@@ -3,7 +3,12 @@
     dx/dt = A x + B u,   w(x, u) = x'Qx + u'Ru,   J(x) = x' Qf x,   x0 ~ N(mean, std^2 I).
 
 Defaults are the paper's experiment (Ainsworth et al., Sec. 3 / Fig. 2-3): d = k = 2,
-A = 0, B = Q = R = I, Qf = 0, T = 10. For u = -K x + b the closed loop is linear in
+A = 0, B = Q = R = I, Qf = 0, T = 10, and no action bounds: `exact_cost` is the cost of
+the unsaturated linear policy, so `envs.make("lqr")` stays unbounded for the exact
+gradients. `action_bound=a` bounds every action to [-a, a] (the estimators then saturate
+and `exact_cost` no longer applies once the policy reaches a bound); the gymnasium
+environment "ctpg/LQR-v0" uses a = 5 (`GYM_ACTION_BOUND`), which the optimal gain
+u = -x reaches only from |x_i| > 5, a 5.7e-7 chance per component of an N(0, 1) start. For u = -K x + b the closed loop is linear in
 z = [x; 1], so the cost is a quadratic form of z0 whose matrix comes from one matrix
 exponential (Van Loan, "Computing integrals involving the matrix exponential", IEEE
 TAC 1978), taken over a short step and doubled up to T: a single exponential over
@@ -17,12 +22,18 @@ import torch
 
 from ctpg.system import ControlSystem
 
+GYM_ACTION_BOUND = 5.0
+
 
 class LQR(ControlSystem):
-    """LQR system; analytic Jacobians (A, B) override the autograd defaults."""
+    """LQR system; analytic Jacobians (A, B) override the autograd defaults.
+
+    `action_bound` (None, a number or k numbers): symmetric action bounds [-a, a].
+    """
 
     def __init__(self, A=None, B=None, Q=None, R=None, Qf=None, horizon: float = 10.0,
-                 x0_mean=None, x0_std: float = 1.0, dtype=torch.float64, device="cpu"):
+                 x0_mean=None, x0_std: float = 1.0, action_bound=None, dtype=torch.float64,
+                 device="cpu"):
         super().__init__(dtype, device)
         as_t = lambda m, default: torch.as_tensor(default if m is None else m, dtype=dtype, device=device)
         self.A = as_t(A, torch.zeros(2, 2))
@@ -35,6 +46,11 @@ class LQR(ControlSystem):
         self.state_dim, self.action_dim, self.horizon = d, k, float(horizon)
         self.x0_mean = as_t(x0_mean, torch.zeros(d))
         self.x0_std = float(x0_std)
+        if action_bound is not None:
+            bound = torch.as_tensor(action_bound, dtype=dtype, device=device).expand(k).clone()
+            if not bool((bound > 0).all()):
+                raise ValueError(f"action_bound must be positive (a number or one per action), got {action_bound}")
+            self.action_low, self.action_high = -bound, bound
 
     def f(self, x, u):
         return x @ self.A.T + u @ self.B.T

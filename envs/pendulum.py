@@ -57,8 +57,9 @@ class Pendulum(ControlSystem):
             upright is theta = +-pi) and its rate. d = 2.
     Action  u: torque at the pivot, k = 1, bounds [-max_torque, max_torque] with
             max_torque = 5 by default. That is about half of m g l = 9.8, so the
-            pendulum cannot be lifted straight up and must be pumped; the bounds are
-            advisory (policies squash into them, `clip_action` clips), f accepts any u.
+            pendulum cannot be lifted straight up and must be pumped. f accepts any
+            u; the estimators and the gym env saturate u to the bounds before f and
+            the cost (`ctpg.saturated_policy`).
             max_torque=None removes them.
     Cost    w = (1 + cos theta) + 0.1 theta'^2 + 0.001 u^2: the first term is the
             height gap to upright (0 upright, 2 hanging), smooth and periodic in

@@ -3,6 +3,15 @@
 Model of Sabatino, "Quadrotor control: modeling, nonlinear control design, and
 simulation", MSc thesis, KTH 2015, eqs. (2.23)-(2.25), written with the linear velocity
 in the inertial frame. Analytic Jacobians (hand-derived below) replace autograd.
+
+Two parameter sets: the default ("quadrotor") is the paper's unit-mass, unit-inertia
+vehicle; "quadrotor_realistic" (`realistic_quadrotor`) takes the widely used constants
+of T. Luukkonen, "Modelling and control of quadcopter", Independent research project,
+Aalto University, 2011, Table 1: m = 0.468 kg, arm l = 0.225 m,
+I = diag(4.856e-3, 4.856e-3, 8.801e-3) kg m^2, rotor lift constant k = 2.980e-6 N s^2
+and drag constant b = 1.140e-7 N m s^2. Action limits for both come from the same
+rotor model (`action_bounds`); the realistic one's from k, b and a largest rotor speed
+of 900 rad/s, which Luukkonen does not state (our assumption: thrust-to-weight 2.1).
 """
 from __future__ import annotations
 
@@ -19,6 +28,17 @@ YAW, PITCH, ROLL = 3, 4, 5
 P, Q, R = 9, 10, 11
 
 
+# Luukkonen, "Modelling and control of quadcopter", Aalto University 2011, Table 1:
+# rotor thrust f_i = k w_i^2 and drag torque b w_i^2 at rotor speed w_i (rad/s).
+LUUKKONEN_K = 2.980e-6     # lift constant k (N s^2)
+LUUKKONEN_B = 1.140e-7     # drag constant b (N m s^2)
+# Our assumption, not Luukkonen's: the largest rotor speed. At 900 rad/s (8,594 rpm) the four
+# rotors lift 4 k w^2 = 9.66 N, 2.10 times the weight of Luukkonen's 0.468 kg vehicle (hover at
+# 620.6 rad/s), in line with the thrust-to-weight ratio of about 2 that small quadcopters are
+# built with so that they hover near half throttle.
+LUUKKONEN_MAX_ROTOR_SPEED = 900.0
+
+
 @dataclasses.dataclass(frozen=True)
 class QuadrotorParams:
     """Physical constants, cost weights and initial-state spreads of `Quadrotor`."""
@@ -27,9 +47,31 @@ class QuadrotorParams:
     gravity: float = 9.8
     inertia: tuple[float, float, float] = (1.0, 1.0, 1.0)   # (Ix, Iy, Iz), principal axes
     control_weight: float = 0.01     # weight of |u - u_hover|^2 in the running cost
+    # Actuator limits from a plus-configuration rotor model (see `action_bounds`).
+    thrust_to_weight: float | None = 2.0   # 4 x the largest rotor thrust over m g; None: unbounded
+    arm_length: float = 1.0          # l, rotor axis to the centre of mass (m)
+    yaw_drag_ratio: float = LUUKKONEN_B / LUUKKONEN_K   # b / k (m): yaw torque per newton of rotor thrust
     position_range: float = 2.5      # x0 position ~ U(-position_range, position_range)^3
     angle_std: float = 0.1           # x0 Euler angles ~ N(0, angle_std^2)
     rate_std: float = 0.1            # x0 body rates ~ N(0, rate_std^2)
+
+
+def action_bounds(prm: QuadrotorParams):
+    """(low [4], high [4]) of (f_t, tau_x, tau_y, tau_z) from the rotor model, or None.
+
+    Plus configuration (Luukkonen 2011, eqs. 5-7): rotor thrusts f_i in [0, f_max] with
+    f_max = thrust_to_weight m g / 4 give f_t = sum f_i in [0, 4 f_max],
+    tau_x = l (f_4 - f_2) and tau_y = l (f_3 - f_1) in [-l f_max, l f_max], and
+    tau_z = (b/k) (f_1 - f_2 + f_3 - f_4) in [-2 (b/k) f_max, 2 (b/k) f_max]. The box
+    is each input's own range: the rotors cannot reach all corners at once (full
+    thrust leaves no differential for torque), a simplification kept for a box action
+    space.
+    """
+    if prm.thrust_to_weight is None:
+        return None
+    f_max = prm.thrust_to_weight * prm.mass * prm.gravity / 4
+    tau_xy, tau_z = prm.arm_length * f_max, 2 * prm.yaw_drag_ratio * f_max
+    return [0.0, -tau_xy, -tau_xy, -tau_z], [4 * f_max, tau_xy, tau_xy, tau_z]
 
 
 def thrust_axis(angles: torch.Tensor) -> torch.Tensor:
@@ -149,7 +191,11 @@ class Quadrotor(ControlSystem):
             down, so altitude is -z), ZYX Euler angles yaw psi, pitch theta, roll
             phi, inertial velocity, body angular rates. d = 12.
     Action  (f_t, tau_x, tau_y, tau_z): total thrust (absolute, not relative to
-            hover) and body torques. k = 4, unbounded (None).
+            hover) and body torques. k = 4. Bounds from four rotors of thrust
+            0..f_max each (`action_bounds`): with thrust_to_weight 2, arm_length 1
+            and Luukkonen's b/k = 0.0383 m they are f_t in [0, 2 m g] = [0, 19.6],
+            |tau_x|, |tau_y| <= 4.9 and |tau_z| <= 0.375; thrust_to_weight=None
+            removes them.
     Cost    w = |pos|^2 + |v|^2 + 0.01 |u - u_hover|^2 with u_hover = (m g, 0, 0, 0):
             thrust is charged relative to hover, so hovering at the origin costs
             nothing and the optimum does not sag below the target to save thrust.
@@ -157,7 +203,10 @@ class Quadrotor(ControlSystem):
     x0      pos ~ U(-2.5, 2.5)^3, angles and body rates ~ N(0, 0.1^2), v = 0.
     Horizon T = 5.
     Params  mass 1, gravity 9.8, inertia (1, 1, 1), control_weight 0.01,
+            thrust_to_weight 2, arm_length 1, yaw_drag_ratio 0.0383,
             position_range 2.5, angle_std 0.1, rate_std 0.1 (`QuadrotorParams`).
+            `realistic_quadrotor()` (envs name "quadrotor_realistic") uses
+            Luukkonen's measured constants instead.
 
     Failure mode: the Euler-angle kinematics are singular at theta = +-pi/2; a
     policy that flips the vehicle makes the solver take tiny steps or overflow.
@@ -174,6 +223,13 @@ class Quadrotor(ControlSystem):
         self.params = override_params(QuadrotorParams(), params, type(self).__name__)
         self.hover_action = torch.tensor([self.params.mass * self.params.gravity, 0.0, 0.0, 0.0],
                                          dtype=dtype, device=self.device)
+        bounds = action_bounds(self.params)
+        if bounds is not None:
+            if not self.params.thrust_to_weight > 1:
+                raise ValueError(f"thrust_to_weight must exceed 1 (the rotors must lift the vehicle) "
+                                 f"or be None (unbounded), got {self.params.thrust_to_weight}")
+            self.action_low, self.action_high = (torch.tensor(b, dtype=dtype, device=self.device)
+                                                 for b in bounds)
 
     def f(self, x, u):
         return quadrotor_dynamics(x, u, self.params)
@@ -201,3 +257,27 @@ class Quadrotor(ControlSystem):
         half = [3.0] * 3 + [1.0] * 3 + [2.0] * 3 + [2.0] * 3
         high = torch.tensor(half, dtype=self.dtype, device=self.device)
         return -high, high
+
+
+def realistic_params() -> dict:
+    """Luukkonen's quadcopter (2011, Table 1) as `Quadrotor` overrides.
+
+    m = 0.468 kg, l = 0.225 m, I = (4.856e-3, 4.856e-3, 8.801e-3) kg m^2, g = 9.81,
+    k = 2.980e-6 N s^2, b = 1.140e-7 N m s^2; with rotor speeds up to
+    LUUKKONEN_MAX_ROTOR_SPEED = 900 rad/s (our assumption) each rotor gives up to
+    f_max = k w_max^2 = 2.414 N, so f_t in [0, 9.655] N (hover 4.591 N),
+    |tau_x|, |tau_y| <= l f_max = 0.543 N m and |tau_z| <= 2 b w_max^2 = 0.185 N m.
+    """
+    mass, gravity = 0.468, 9.81
+    rotor_thrust_max = LUUKKONEN_K * LUUKKONEN_MAX_ROTOR_SPEED ** 2
+    return dict(mass=mass, gravity=gravity, inertia=(4.856e-3, 4.856e-3, 8.801e-3),
+                arm_length=0.225, yaw_drag_ratio=LUUKKONEN_B / LUUKKONEN_K,
+                thrust_to_weight=4 * rotor_thrust_max / (mass * gravity))
+
+
+def realistic_quadrotor(**overrides) -> Quadrotor:
+    """`Quadrotor` with Luukkonen's constants (`realistic_params`); any keyword of
+    `Quadrotor` or `QuadrotorParams` overrides them. Its rotational dynamics are fast
+    (roll acceleration up to tau/I = 112 rad/s^2), so adaptive solvers take shorter
+    steps than on the unit-inertia default."""
+    return Quadrotor(**{**realistic_params(), **overrides})

@@ -7,6 +7,8 @@ against the closed-form cost), clipping, shape errors and rendering.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import warnings
 
 import gymnasium
@@ -193,3 +195,86 @@ def test_cartpole_fixed_rk4_step_is_mujocos_own_rk4_step():
         data.ctrl[:] = u
         mujoco.mj_step(model, data)
         np.testing.assert_allclose(obs, np.concatenate([data.qpos, data.qvel]), rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------- other RL code
+SB3_ADVICE = re.compile(r"symmetric and normalized Box action space")
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_stable_baselines3_check_env_accepts_every_env(env_id):
+    """SB3's own checker (which PPO and SAC rely on: finite action bounds) on the float32
+    variant; its only remark may be the advice to rescale the box to [-1, 1]."""
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+    env = gymnasium.make(env_id, dtype=np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sb3_check_env(env.unwrapped, warn=True)
+    unexpected = [str(w.message) for w in caught if not SB3_ADVICE.search(str(w.message))]
+    assert not unexpected
+    assert np.all(np.isfinite(env.action_space.low)) and np.all(np.isfinite(env.action_space.high))
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_float32_spaces_stay_inside_the_system_bounds(env_id):
+    env = gymnasium.make(env_id, dtype=np.float32).unwrapped
+    system = env.system
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and env.observation_space.contains(obs)
+    assert env.action_space.dtype == np.float32
+    assert np.all(env.action_space.low.astype(np.float64) >= system.action_low.numpy())
+    assert np.all(env.action_space.high.astype(np.float64) <= system.action_high.numpy())
+    obs, reward, *_, info = env.step(env.action_space.high)
+    assert obs.dtype == np.float32 and not info["action_clipped"] and isinstance(reward, float)
+    with pytest.raises(ValueError, match="float32"):
+        ControlEnv("lqr", dtype=np.int64)
+
+
+def test_gymnasium_make_works_without_importing_envs_first():
+    """gymnasium imports the module named before the colon, which registers the ids
+    (gymnasium 1.x has no plugin entry points)."""
+    code = ("import sys, gymnasium\nassert 'envs' not in sys.modules\n"
+            "env = gymnasium.make('envs:ctpg/Pendulum-v0')\nenv.reset(seed=0)\n"
+            "print(type(env.unwrapped).__name__, env.action_space)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ControlEnv" in out.stdout
+
+
+# --------------------------------------------------------------- rendering
+def frame(env_id, state=None, action=None, seed=0):
+    env = gymnasium.make(env_id, render_mode="rgb_array", render_width=160, render_height=120).unwrapped
+    env.reset(seed=seed, options=None if state is None else {"state": state})
+    if action is not None:
+        env.step(action)
+    image = env.render()
+    env.close()
+    return image
+
+
+@pytest.mark.parametrize("env_id, index, value", [
+    ("ctpg/DiffDrive-v0", 2, 1.5),                  # heading
+    ("ctpg/Quadrotor-v0", 5, 0.6),                  # roll
+    ("ctpg/Quadrotor-v0", 3, 1.0),                  # yaw
+    ("ctpg/QuadrotorRealistic-v0", 4, 0.6),         # pitch
+])
+def test_drawings_show_the_pose_not_only_the_position(env_id, index, value):
+    """Two states at the same position that differ only in heading or attitude draw
+    differently: the drawing shows the pose."""
+    env = gymnasium.make(env_id).unwrapped
+    state, _ = env.reset(seed=0)
+    turned = state.copy()
+    turned[index] += value
+    assert not np.array_equal(frame(env_id, state), frame(env_id, turned))
+
+
+@pytest.mark.parametrize("env_id", ["ctpg/Electric-v0", "ctpg/LQR-v0"])
+def test_drawings_show_the_action(env_id):
+    """The electrodes' charges (electric) and the action arrow (LQR) are drawn: the same
+    start stepped with opposite actions gives different pictures even where the state
+    hardly moves."""
+    env = gymnasium.make(env_id).unwrapped
+    state, _ = env.reset(seed=0)
+    high = env.action_space.high
+    assert not np.array_equal(frame(env_id, state, high), frame(env_id, state, -high))

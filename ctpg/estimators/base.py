@@ -3,7 +3,8 @@
     loss, info = estimator(system, policy, x0, T)
     loss.backward()
 
-`loss` is the batch mean of int_0^T w dt + J(x(T)). It carries one autograd node
+`loss` is the batch mean of int_0^T w dt + J(x(T)), with the policy's actions
+saturated to the system's bounds (`ctpg.system.saturated_policy`). It carries one autograd node
 (`_EstimatorFunction`) whose backward is the estimator's own backward pass, so the
 loss composes with any torch code; gradients land in the policy's parameters that
 require grad and in x0 if it requires grad. `info` is filled by the forward pass and
@@ -18,7 +19,7 @@ import time
 import torch
 
 from ctpg.errors import NonFiniteError
-from ctpg.system import ControlSystem
+from ctpg.system import ControlSystem, saturated_policy
 
 
 @dataclasses.dataclass
@@ -122,7 +123,7 @@ class Estimator:
         _check_deterministic(policy, self.name)
         params = _unique(policy_parameters(policy) + system.parameters()) if params is None else list(params)
         own = {id(p) for p in system.parameters()}
-        problem = Problem(system, policy, x0.detach(), T, params,
+        problem = Problem(system, saturated_policy(policy, system), x0.detach(), T, params,
                           system_params=[p for p in params if id(p) in own])
         needs_grad = torch.is_grad_enabled() and (x0.requires_grad or any(p.requires_grad for p in params))
         problem.keep_for_backward = needs_grad
