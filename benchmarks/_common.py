@@ -8,12 +8,14 @@ import torch
 
 from agents.policies import Squash
 
-METRICS = ("param_error", "full_error", "oracle_evals", "sim_calls", "wall_time", "stored_floats")
+METRICS = ("param_error", "full_error", "oracle_evals", "weighted_evals", "sim_calls", "wall_time", "stored_floats")
 COSTS = {"oracle_evals": "oracle evaluations (f, vjp, Jacobian per sample)",
+         "weighted_evals": "f + vjp + Jacobians x their cost (1 analytic, else d)",
          "sim_calls": "MuJoCo simulator calls (mj_forward)",
          "wall_time": "wall-clock [s]", "stored_floats": "stored floats"}
 COLORS = {"BPTT-Euler": "C0", "CTPG-dopri5": "C1", "CTPG-tsit5": "C2", "CTPG-bosh3": "C3",
-          "Backsolve": "C4", "Backsolve-ckpt10": "C5"}
+          "Backsolve": "C4", "Backsolve-ckpt10": "C5", "CTPG-auto": "C6", "CTPG-rodas5p": "C7",
+          "CTPG-ros34pw2": "C8", "CTPG-rosenbrock23": "C9"}
 ERRORS = {"param_error": "rel. error of dL/dtheta", "full_error": "rel. error of [dL/dx0, dL/dtheta]"}
 
 
@@ -27,6 +29,17 @@ class LinearPolicy(torch.nn.Module):
 
     def forward(self, x):
         return -x @ self.K.T
+
+
+class AffinePolicy(LinearPolicy):
+    """u = -K x + b with K and b trainable."""
+
+    def __init__(self, K, bias):
+        super().__init__(K)
+        self.bias = torch.nn.Parameter(bias.clone())
+
+    def forward(self, x):
+        return super().forward(x) + self.bias
 
 
 def inner_squash(low, high, fraction: float = 0.9):
@@ -142,6 +155,29 @@ def floors(curves, target: float, error: str, costs) -> dict:
     return out
 
 
+def best_cost(curves, labels, target: float, cost: str, error: str):
+    """The cheapest cost at which any of `labels` reaches `target` (None if none does)."""
+    found = [cheapest_at(curves[k], target, cost, error)[0] for k in labels if k in curves]
+    return min((f for f in found if f is not None), default=None)
+
+
+def solver_floors(curves, target: float, error: str, costs) -> dict:
+    """Ratios among the CTPG solvers at `target`: explicit dopri5 over the best stiff
+    (Rosenbrock) setting, BPTT-Euler over it, and CTPG-auto over CTPG-dopri5 (how much
+    the automatic switching costs where it need not switch)."""
+    stiff = [k for k in curves if k.split("-", 1)[-1] in ("rodas5p", "rodas4", "ros34pw2", "rosenbrock23")]
+    out = {"error": error, "target": target}
+    for cost in costs:
+        best_stiff = best_cost(curves, stiff, target, cost, error)
+        for name, labels, over in (("dopri5_over_rosenbrock", ["CTPG-dopri5"], best_stiff),
+                                   ("bptt_over_rosenbrock", ["BPTT-Euler"], best_stiff),
+                                   ("auto_over_dopri5", ["CTPG-auto"], best_cost(curves, ["CTPG-dopri5"], target,
+                                                                                 cost, error))):
+            top = best_cost(curves, labels, target, cost, error)
+            out[f"{name}_{cost}"] = None if top is None or not over else top / over
+    return out
+
+
 # ------------------------------------------------------------------ plotting
 def plot(result, path, costs, targets: dict):
     """Log-log error vs cost: one column per cost axis, one row per error metric."""
@@ -168,6 +204,7 @@ def plot(result, path, costs, targets: dict):
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=7, fontsize=9)
     cfg = result["config"]
     fig.suptitle(f"Gradient accuracy vs cost: {cfg['env']}" + (f" ({cfg['gain']} gain)" if cfg["env"] == "lqr" else "")
+                 + (" (trained policy)" if cfg.get("policy") else "")
                  + f", median of {cfg['samples']} initial states (dots: single states; dashed: target)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
@@ -175,15 +212,18 @@ def plot(result, path, costs, targets: dict):
 
 
 def print_summary(result):
-    print(f"{'estimator':18s} {'setting':>9s} {'param err':>10s} {'full err':>10s} {'oracle':>9s} "
+    print(f"{'estimator':18s} {'setting':>9s} {'param err':>10s} {'full err':>10s} {'oracle':>9s} {'weighted':>9s} "
           f"{'sim':>8s} {'seconds':>8s} {'floats':>9s} {'ok':>3s}")
     for label, curve in result["curves"].items():
         for p in curve:
             print(f"{label:18s} {p['setting']:9.1e} {p['param_error']:10.2e} {p['full_error']:10.2e} "
-                  f"{p['oracle_evals']:9.0f} {p['sim_calls']:8.0f} {p['wall_time']:8.3f} "
-                  f"{p['stored_floats']:9.0f} {p['samples']:3d}")
+                  f"{p['oracle_evals']:9.0f} {p['weighted_evals']:9.0f} {p['sim_calls']:8.0f} "
+                  f"{p['wall_time']:8.3f} {p['stored_floats']:9.0f} {p['samples']:3d}")
     for failure in result["failures"]:
         print(f"failed: {failure}")
+    table = result.get("solver_floors", {})
+    print(f"solver ratios at {table.get('target')} ({table.get('error')}): " + ", ".join(
+        f"{k} {v:.3g}" for k, v in table.items() if isinstance(v, float)))
     for name, table in result["floors"].items():
         print(f"floors on {name}" + ("  (primary)" if name == result["primary_error"] else ""))
         for key, value in table.items():

@@ -10,7 +10,16 @@ Reference: exact for LQR (Van Loan, envs/lqr.py); otherwise CTPG at rtol = atol 
 checked here against central differences of the accurately solved cost: the script
 stops with a RuntimeError if they disagree.
 
-    python -m benchmarks.pareto --env lqr [--gain perturbed] [--smoke | --full] [--out DIR]
+    python -m benchmarks.pareto --env lqr [--gain perturbed|stiff] [--smoke | --full] [--out DIR]
+    python -m benchmarks.pareto --env cartpole --policy RUN_DIR     # a trained policy
+
+`--gain stiff` is an LQR whose closed loop has eigenvalues -1 and -500 (a rotated
+high-gain affine policy u = -Kx + b, K and b in theta); `--policy` evaluates the
+policy saved in a training run directory instead of the built-in one. Both add the
+stiff CTPG solvers (Rosenbrock methods) to the sweep. Cost axes also include
+`weighted_evals`: f and vjp evaluations plus each Jacobian weighted by what it
+costs, 1 for the analytic Jacobians of lqr, diffdrive and quadrotor and d (one
+reverse pass or difference per state component) for every other system.
 
 Writes <out>/pareto_<env>[_<gain>].json and .png and prints the floors: at the target
 error (1e-3 for LQR, 1e-2 otherwise) how many times fewer oracle calls, seconds,
@@ -32,8 +41,9 @@ import torch
 
 import ctpg
 import envs
-from benchmarks._common import (FeedbackPlusMLP, LinearPolicy, floors, inner_squash, linearised_lqr_gain,
-                                median_curves, plot, print_summary, seeded_mlp)
+from benchmarks._common import (AffinePolicy, FeedbackPlusMLP, LinearPolicy, floors, inner_squash,
+                                linearised_lqr_gain, median_curves, plot, print_summary, seeded_mlp,
+                                solver_floors)
 from benchmarks._config import parse_config, publish, torch_threads
 
 
@@ -42,7 +52,11 @@ class Config:
     env: str = "lqr"
     """environment name (envs.names())"""
     gain: str = "optimal"
-    """LQR only: 'optimal' (the paper's setting) or 'perturbed' (large parameter gradient)"""
+    """LQR only: 'optimal' (the paper's setting), 'perturbed' (large parameter gradient) or 'stiff' (eigenvalues -1, -500)"""
+    policy: str = ""
+    """a training run directory whose checkpoint gives the policy (empty: the built-in policy)"""
+    methods: tuple = ("dopri5", "tsit5", "bosh3", "auto")
+    """CTPG methods in the sweep (the stiff Rosenbrock methods are added with --gain stiff or --policy)"""
     samples: int = 0
     """initial states, every setting run once per state (0: 1 for --smoke, 3 by default, 8 for --full, 5 for the quadrotor's --full)"""
     seed: int = 0
@@ -64,15 +78,28 @@ SAMPLES = {"smoke": 1, "default": 3, "full": 8, "full-quadrotor": 5}   # quadrot
 BACKSOLVE_MAX_STEPS = 500   # successful Backsolve solves here need < 200; a diverging one would grind on
 
 
+STIFF_METHODS = ("rodas5p", "ros34pw2", "rosenbrock23")
+STIFF_GAIN = 500.0      # the fast closed-loop eigenvalue of --gain stiff
+ANALYTIC_JACOBIANS = ("lqr", "diffdrive", "quadrotor")
+
+
+def is_stiff_setting(cfg: Config) -> bool:
+    return cfg.gain == "stiff" or bool(cfg.policy)
+
+
 def sweeps(cfg: Config, budget: str) -> dict:
     """Estimator label -> list of (setting, estimator), coarse to fine."""
     dts, tols = BUDGETS[budget]
     if cfg.env == "lqr" and budget == "default":
         dts = dts + [2.5e-4]   # at the perturbed gain BPTT-Euler reaches 1e-3 only near dt = 4e-4
+    if cfg.env == "lqr" and cfg.gain == "stiff":   # Euler is unstable for dt >= 2 / 500: stable steps only
+        dts = [dt for dt in dts + [1e-4, 5e-5] if dt < 2.0 / STIFF_GAIN]
     out = {"BPTT-Euler": [(dt, ctpg.BPTT(dt=dt)) for dt in dts]}
-    for method in ("dopri5", "tsit5", "bosh3"):   # 3rd-order bosh3 needs ~60k oracle calls at 1e-10
+    methods = tuple(cfg.methods) + (STIFF_METHODS if is_stiff_setting(cfg) else ())
+    for method in dict.fromkeys(methods):   # 3rd-order bosh3 needs ~60k oracle calls at 1e-10
+        low_order = method in ("bosh3", "ros34pw2", "rosenbrock23")
         out[f"CTPG-{method}"] = [(tol, ctpg.CTPG(method=method, rtol=tol, atol=tol))
-                                 for tol in tols if method != "bosh3" or tol >= 1e-8]
+                                 for tol in tols if not low_order or tol >= 1e-8]
     for label, checkpoints in (("Backsolve", 0), ("Backsolve-ckpt10", 10)):
         out[label] = [(tol, ctpg.Backsolve(rtol=tol, atol=tol, checkpoints=checkpoints,
                                            max_steps=BACKSOLVE_MAX_STEPS)) for tol in tols]
@@ -92,6 +119,16 @@ def make_policy(system, cfg: Config):
       where MuJoCo clamps the control.
     - diffdrive: the plain MLP (it has no smooth stabilising feedback: Brockett).
     """
+    if cfg.policy:
+        import agents
+        policy = agents.load_policy(cfg.policy)
+        for p in policy.parameters():
+            p.requires_grad_(True)
+        return policy
+    if cfg.env == "lqr" and cfg.gain == "stiff":
+        rotation = torch.tensor([[0.8, -0.6], [0.6, 0.8]], dtype=system.dtype)
+        K = rotation @ torch.diag(torch.tensor([1.0, STIFF_GAIN], dtype=system.dtype)) @ rotation.T
+        return AffinePolicy(K, torch.tensor([0.5, -0.3], dtype=system.dtype))
     if cfg.env == "lqr":
         K = system.optimal_gain()
         if cfg.gain == "perturbed":
@@ -122,11 +159,14 @@ REFERENCE = dict(method="dopri5", rtol=1e-12, atol=1e-12, adjoint_method="dop853
 
 def reference_gradient(system, policy, x0, cfg: Config):
     """Exact (LQR) or CTPG at 1e-12, the latter checked against central differences."""
-    if cfg.env == "lqr":
+    if cfg.env == "lqr" and not cfg.policy:
         K = policy.K.detach().clone().requires_grad_(True)
+        bias = getattr(policy, "bias", None)
+        bias = None if bias is None else bias.detach().clone().requires_grad_(True)
         x = x0.clone().requires_grad_(True)
-        system.exact_cost(K, x).mean().backward()
-        return K.grad.reshape(-1), x.grad.reshape(-1)
+        system.exact_cost(K, x, bias).mean().backward()
+        theta = K.grad.reshape(-1) if bias is None else torch.cat([K.grad.reshape(-1), bias.grad])
+        return theta, x.grad.reshape(-1)
     tight = ctpg.CTPG(**REFERENCE)
     theta, gx, _ = gradient(tight, system, policy, x0)
     check_against_finite_differences(tight, system, policy, x0, theta, gx)
@@ -197,7 +237,8 @@ def run(cfg: Config, budget: str = "default") -> dict:
                     continue
                 records.append(dict(
                     estimator=label, setting=setting, sample=i, param_error=param_error, full_error=full_error,
-                    oracle_evals=info.oracle_evals, sim_calls=system.counter.sim_calls,
+                    oracle_evals=info.oracle_evals, weighted_evals=weighted_evals(system, cfg),
+                    sim_calls=system.counter.sim_calls,
                     wall_time=seconds, stored_floats=info.stored_floats,
                     ref_param_norm=float(ref_theta.norm()), ref_full_norm=float(ref_full.norm())))
         print(f"state {i + 1}/{cfg.samples} done", flush=True)
@@ -206,13 +247,21 @@ def run(cfg: Config, budget: str = "default") -> dict:
                 reference="exact (Van Loan)" if cfg.env == "lqr" else f"CTPG {REFERENCE}, checked by central differences")
 
 
+def weighted_evals(system, cfg: Config) -> float:
+    """f + vjp evaluations plus Jacobians at their cost: 1 each where they are analytic
+    (ANALYTIC_JACOBIANS), d each otherwise (d reverse passes or difference columns)."""
+    c = system.counter
+    weight = 1 if cfg.env in ANALYTIC_JACOBIANS else system.state_dim
+    return c.f_evals + c.vjp_evals + weight * c.jac_evals
+
+
 def parse_args(argv=None) -> tuple[Config, str]:
     cfg, budget = parse_config(Config, argv, "ctpg bench pareto", __doc__.split("\n\n")[0], PRESETS,
                                PRESET_HELP)
     if cfg.env not in envs.names():
         raise SystemExit(f"unknown environment {cfg.env!r}; choose one of: {', '.join(envs.names())}")
-    if cfg.gain not in ("optimal", "perturbed"):
-        raise SystemExit("--gain must be 'optimal' or 'perturbed'")
+    if cfg.gain not in ("optimal", "perturbed", "stiff"):
+        raise SystemExit("--gain must be 'optimal', 'perturbed' or 'stiff'")
     if cfg.samples <= 0:
         cfg.samples = SAMPLES.get(f"{budget}-{cfg.env}", SAMPLES[budget])
     return cfg, budget
@@ -223,12 +272,13 @@ def main(argv=None) -> dict:
     with torch_threads(1):   # comparable wall-clock on a shared machine
         result = run(cfg, budget)
     target = 1e-3 if cfg.env == "lqr" else 1e-2
-    costs = ["oracle_evals", "wall_time", "stored_floats"]
+    costs = ["oracle_evals", "weighted_evals", "wall_time", "stored_floats"]
     if any(r["sim_calls"] for r in result["records"]):
         costs.insert(1, "sim_calls")
     result["primary_error"] = "full_error" if cfg.env == "lqr" and cfg.gain == "optimal" else "param_error"
     result["floors"] = {error: floors(result["curves"], target, error, costs) for error in ("param_error", "full_error")}
-    stem = f"pareto_{cfg.env}" + (f"_{cfg.gain}" if cfg.env == "lqr" else "")
+    result["solver_floors"] = solver_floors(result["curves"], target, result["primary_error"], costs)
+    stem = f"pareto_{cfg.env}" + (f"_{cfg.gain}" if cfg.env == "lqr" else "") + ("_trained" if cfg.policy else "")
     publish(cfg.out, stem, result, lambda res, path: plot(res, path, costs, {"param_error": target,
                                                                           "full_error": target}),
             print_summary)
