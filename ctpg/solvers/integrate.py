@@ -157,6 +157,7 @@ class _Norm:
             rtol, atol = (self._select(v) if torch.is_tensor(v) and v.dim() else v for v in (rtol, atol))
         return rtol, atol
 
+    @torch.no_grad()   # step control is not part of what autograd differentiates (direct mode)
     def ratio(self, step, y, q) -> float:
         rtol, atol = self.tolerances()
         groups = [(self._select(step.err), self._select(y), self._select(step.y1), rtol, atol)]
@@ -213,8 +214,9 @@ class _Run:
         stepper = self.stepper
         state = stepper.start(self.rhs, t0, y)
         if self.h is None:
-            self.h = initial_step(lambda t, z: self.rhs(t, z)[0], t0, y, state.f, stepper.order,
-                                  *self.norm.tolerances(), direction, self.norm._select)
+            with torch.no_grad():
+                self.h = initial_step(lambda t, z: self.rhs(t, z)[0], t0, y.detach(), state.f.detach(),
+                                      stepper.order, *self.norm.tolerances(), direction, self.norm._select)
         if not self.times:
             self.times.append(t0)
         t, h, switches = t0, self.h, state.switches
