@@ -41,7 +41,9 @@ def rollout(system, policy, x0: torch.Tensor, horizon: float, *, method: str = "
     policy's actions saturated to the system's bounds as the estimators do.
 
     Costs one adaptive forward solve (f, policy and running cost at every stage, no
-    Jacobians) plus n_times evaluations of the dense output. Raises whatever the
+    Jacobians) plus n_times evaluations of the dense output. rtol is raised to 100
+    machine epsilons of x0's dtype where it asks for more than the dtype can give
+    (float32: 1.2e-5). Raises whatever the
     solver raises when the closed loop blows up (step size underflow, max steps).
     """
     from ctpg.estimators.closed_loop import closed_loop_rhs
@@ -50,14 +52,17 @@ def rollout(system, policy, x0: torch.Tensor, horizon: float, *, method: str = "
     d = system.state_dim
     closed_loop = closed_loop_rhs(system, saturated_policy(policy, system))
 
+    rtol = max(rtol, 100 * torch.finfo(x0.dtype).eps)
     with torch.no_grad():
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
         sol = solve(closed_loop, y0, 0.0, float(horizon), method=method, rtol=rtol, atol=atol,
                     dense=True)
         final = sol.y1[:, :d]
         costs = sol.y1[:, d] + system.terminal_cost(final)
-        times = torch.linspace(0.0, float(horizon), n_times, dtype=x0.dtype)
-        states = torch.stack([sol.trajectory.evaluate(float(t))[:, :d] for t in times])
+        # the grid in Python floats: a float32 linspace rounds T past the stored trajectory
+        grid = [float(horizon) * i / (n_times - 1) for i in range(n_times)]
+        states = torch.stack([sol.trajectory.evaluate(t)[:, :d] for t in grid])
+        times = torch.tensor(grid, dtype=x0.dtype, device=x0.device)
     return Rollout(times, states, costs, final)
 
 

@@ -84,6 +84,8 @@ class Trainer:
                  env_kwargs: dict | None = None):
         self.config, self.system, self.policy, self.run_dir = config, system, policy, run_dir
         self.progress_fn, self.env_kwargs = progress_fn, dict(env_kwargs or {})
+        # estimates need a deterministic right-hand side: BatchNorm and Dropout in eval mode
+        policy.eval()
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.estimator = make_estimator(config)
         self.optimizer = make_optimizer(config, self.params)

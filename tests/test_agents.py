@@ -253,3 +253,25 @@ def test_console_entry_point_help_runs():
     assert out.returncode == 0
     for option in ("--estimator", "--rtol", "--dt", "--optimizer", "--clip", "--resume", "--seed"):
         assert option in out.stdout
+
+
+# ------------------------------------------------------------ float32, eval mode
+@pytest.mark.parametrize("horizon", [1.1, 2.2])
+@pytest.mark.parametrize("estimator", ["ctpg", "bptt", "backsolve"])
+def test_float32_trains_and_evaluates_at_horizons_float32_cannot_represent(tmp_path, horizon, estimator):
+    """Time stays in Python floats end to end: the training solves and the evaluation
+    grid both end exactly at T, whatever float32 makes of it."""
+    system = LQR(dtype=torch.float32, horizon=horizon)
+    result = agents.train(system=system, estimator=estimator, logdir=tmp_path / "f32",
+                          **dict(TINY, horizon=horizon, rtol=1e-3, atol=1e-4))
+    assert result.status == "completed" and result.skipped_steps == 0
+    assert all(p.dtype == torch.float32 for p in result.policy.parameters())
+    assert all(math.isfinite(h["cost"]) for h in result.history)
+    assert result.history[-1]["cost"] < result.history[0]["cost"]
+
+
+def test_the_trainer_estimates_with_the_policy_in_eval_mode(tmp_path):
+    policy = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2)).double()
+    result = tiny(tmp_path, policy=policy, iters=2)
+    assert result.status == "completed" and result.skipped_steps == 0
+    assert not policy.training
