@@ -14,7 +14,7 @@ stops with a RuntimeError if they disagree.
     python -m benchmarks.pareto --env cartpole --policy RUN_DIR     # a trained policy
 
 `--gain stiff` is an LQR whose closed loop has eigenvalues -1 and -500 (a rotated
-high-gain affine policy u = -Kx + b, K and b in theta); `--policy` evaluates the
+high-gain affine policy u = -Kx + b, K and b in theta) over T = 2; `--policy` evaluates the
 policy saved in a training run directory instead of the built-in one. Both add the
 stiff CTPG solvers (Rosenbrock methods) to the sweep. Cost axes also include
 `weighted_evals`: f and vjp evaluations plus each Jacobian weighted by what it
@@ -80,6 +80,7 @@ BACKSOLVE_MAX_STEPS = 500   # successful Backsolve solves here need < 200; a div
 
 STIFF_METHODS = ("rodas5p", "ros34pw2", "rosenbrock23")
 STIFF_GAIN = 500.0      # the fast closed-loop eigenvalue of --gain stiff
+STIFF_HORIZON = 2.0     # long enough for 300+ stability-bound explicit steps
 ANALYTIC_JACOBIANS = ("lqr", "diffdrive", "quadrotor")
 
 
@@ -93,7 +94,8 @@ def sweeps(cfg: Config, budget: str) -> dict:
     if cfg.env == "lqr" and budget == "default":
         dts = dts + [2.5e-4]   # at the perturbed gain BPTT-Euler reaches 1e-3 only near dt = 4e-4
     if cfg.env == "lqr" and cfg.gain == "stiff":   # Euler is unstable for dt >= 2 / 500: stable steps only
-        dts = [dt for dt in dts + [1e-4, 5e-5] if dt < 2.0 / STIFF_GAIN]
+        finer = [] if budget == "smoke" else [1e-4, 5e-5]
+        dts = [dt for dt in dts + finer if dt < 2.0 / STIFF_GAIN] or [1.0 / STIFF_GAIN]
     out = {"BPTT-Euler": [(dt, ctpg.BPTT(dt=dt)) for dt in dts]}
     methods = tuple(cfg.methods) + (STIFF_METHODS if is_stiff_setting(cfg) else ())
     for method in dict.fromkeys(methods):   # 3rd-order bosh3 needs ~60k oracle calls at 1e-10
@@ -207,7 +209,7 @@ def check_against_finite_differences(estimator, system, policy, x0, theta, gx=No
 
 
 def run(cfg: Config, budget: str = "default") -> dict:
-    system = envs.make(cfg.env)
+    system = envs.make(cfg.env, **({"horizon": STIFF_HORIZON} if cfg.gain == "stiff" else {}))
     policy = make_policy(system, cfg)
     starts = system.sample_initial_state(cfg.samples, torch.Generator().manual_seed(cfg.seed + 1))
     records, failures = [], []

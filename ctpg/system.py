@@ -108,6 +108,10 @@ class ControlSystem:
     horizon: float
     action_low: torch.Tensor | None = None
     action_high: torch.Tensor | None = None
+    # index of a state component that is time itself (d clock/dt = 1, 0 at t = 0), if
+    # any: the estimators hand it the solver's exact time, so that breakpoints in it
+    # resolve on the right side (see estimators.closed_loop.clocked)
+    clock_index: int | None = None
 
     def __init__(self, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
         self.dtype = dtype

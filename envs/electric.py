@@ -96,6 +96,12 @@ class Electric(ControlSystem):
 
     state_dim = 11
     action_dim = 8
+    clock_index = CLOCK
+
+    def breakpoints(self, horizon: float) -> list[float]:
+        """The goal turns (its velocity, a policy input, jumps) at every segment_time."""
+        step = self.params.segment_time
+        return [k * step for k in range(1, int(horizon / step) + 1) if k * step < horizon]
 
     def __init__(self, horizon: float = 15.36, dtype: torch.dtype = torch.float64,
                  device: str | torch.device = "cpu", **params):

@@ -68,14 +68,17 @@ def test_torchdiffeq_compare_smoke(tmp_path):
 
 
 # ---------------------------------------------------------------- benchmarks/pareto.py
-PARETO_LABELS = {"BPTT-Euler", "CTPG-dopri5", "CTPG-tsit5", "CTPG-bosh3", "Backsolve", "Backsolve-ckpt10"}
-PARETO_METRICS = {"param_error", "full_error", "oracle_evals", "sim_calls", "wall_time", "stored_floats"}
+PARETO_LABELS = {"BPTT-Euler", "CTPG-dopri5", "CTPG-tsit5", "CTPG-bosh3", "CTPG-auto", "Backsolve", "Backsolve-ckpt10"}
+STIFF_LABELS = {"CTPG-rodas5p", "CTPG-ros34pw2", "CTPG-rosenbrock23"}
+PARETO_METRICS = {"param_error", "full_error", "oracle_evals", "weighted_evals", "sim_calls", "wall_time",
+                  "stored_floats"}
 
 
-def _check_pareto(result, primary):
-    assert {"config", "budget", "records", "failures", "curves", "floors", "primary_error", "reference"} <= result.keys()
+def _check_pareto(result, primary, labels=PARETO_LABELS):
+    assert {"config", "budget", "records", "failures", "curves", "floors", "primary_error", "reference",
+            "solver_floors"} <= result.keys()
     assert result["budget"] == "smoke" and result["primary_error"] == primary
-    assert result["records"] and set(result["curves"]) <= PARETO_LABELS
+    assert result["records"] and set(result["curves"]) <= labels
     assert {"BPTT-Euler", "CTPG-dopri5"} <= set(result["curves"])
     for record in result["records"]:
         assert PARETO_METRICS <= record.keys()
@@ -109,6 +112,18 @@ def test_pareto_smoke_nonlinear_reference_checked(tmp_path, capsys):
     _check_pareto(result, primary="param_error")
     assert "central differences" in result["reference"]
     assert capsys.readouterr().out.count("reference gradient checked") == 2   # own and random direction
+
+
+def test_pareto_smoke_stiff_lqr_adds_the_rosenbrock_solvers(tmp_path):
+    from benchmarks import pareto
+
+    pareto.main(["--smoke", "--env", "lqr", "--gain", "stiff", "--methods", "dopri5", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "pareto_lqr_stiff")
+    _check_pareto(result, primary="param_error", labels=PARETO_LABELS | STIFF_LABELS)
+    assert STIFF_LABELS <= set(result["curves"])
+    assert all(p["setting"] < 2.0 / pareto.STIFF_GAIN for p in result["curves"]["BPTT-Euler"])   # stable steps only
+    ratios = result["solver_floors"]
+    assert ratios["dopri5_over_rosenbrock_weighted_evals"] > 1   # the stiff loop favours Rosenbrock even here
 
 
 @pytest.mark.parametrize("corruption", ["scaled", "orthogonal"])

@@ -5,7 +5,7 @@ import torch
 
 from ctpg.adjoint import unflatten
 from ctpg.estimators.base import Estimator
-from ctpg.estimators.closed_loop import adjoint_derivatives, closed_loop_rhs, terminal_adjoint
+from ctpg.estimators.closed_loop import adjoint_derivatives, closed_loop_rhs, clocked, terminal_adjoint
 from ctpg.solvers import solve
 
 
@@ -64,7 +64,7 @@ class Backsolve(Estimator):
         system, params, d = problem.system, problem.params, problem.system.state_dim
 
         def rhs(t, z):
-            x, lam = z[:, :d], z[:, d:]
+            x, lam = clocked(system, z[:, :d], t), z[:, d:]
             dlam, dmu, u = adjoint_derivatives(system, problem.policy, params, x, lam, 1.0,
                                                problem.system_params)
             return torch.cat([system.f(x, u), dlam], 1), dmu

@@ -19,13 +19,31 @@ from ctpg.solvers import Linearisation
 from ctpg.solvers.jacobian import batched_jacobian
 
 
+def clocked(system, x: torch.Tensor, t) -> torch.Tensor:
+    """x with its clock component (system.clock_index, a state that is time itself)
+    set to the solver's t wherever the two agree to 1e-6, straight through: the value
+    becomes t, the derivative with respect to the clock state stays 1.
+
+    Why: at a breakpoint the solver evaluates each side just inside that side
+    (ctpg.solvers.solve, tstops), but a clock integrated as a state lands a few
+    roundoffs either side of the breakpoint; its exact time decides the side. A clock
+    that does not follow t (an initial clock other than 0) is left alone."""
+    index = system.clock_index
+    if index is None:
+        return x
+    clock = x[:, index]
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    snapped = torch.where((clock - t).abs() <= 1e-6 * torch.clamp(t.abs(), min=1.0), clock + (t - clock).detach(), clock)
+    return torch.cat([x[:, :index], snapped[:, None], x[:, index + 1:]], 1)
+
+
 def closed_loop_rhs(system, policy, f=None):
     """y = [x, c] -> [f(x, pi(x)), w(x, pi(x))]; `f` defaults to the counted system.f."""
     f = system.f if f is None else f
     d = system.state_dim
 
     def rhs(t, y):
-        x = y[:, :d]
+        x = clocked(system, y[:, :d], t)
         u = policy(x)
         return torch.cat([f(x, u), system.running_cost(x, u)[:, None]], 1)
 
@@ -119,7 +137,7 @@ class ControlAdjoint:
         self.system_params, self.path = system_params, path
 
     def state(self, t):
-        return self.path.evaluate(t)[:, :self.system.state_dim]
+        return clocked(self.system, self.path.evaluate(t)[:, :self.system.state_dim], t)
 
     def derivatives(self, t, lam):
         dlam, dmu, _ = adjoint_derivatives(self.system, self.policy, self.params, self.state(t), lam,
