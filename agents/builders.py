@@ -25,10 +25,10 @@ def make_system(config: TrainConfig, **env_kwargs):
 
 
 def make_estimator(config: TrainConfig):
-    """ctpg.CTPG / ctpg.Backsolve (method, rtol, atol) or ctpg.BPTT (dt)."""
+    """ctpg.CTPG / ctpg.Backsolve (method, rtol, atol) or ctpg.BPTT (dt, bptt_method)."""
     import ctpg
     if config.estimator == "bptt":
-        return ctpg.BPTT(dt=config.dt)
+        return ctpg.BPTT(dt=config.dt, method=config.bptt_method)
     cls = ctpg.CTPG if config.estimator == "ctpg" else ctpg.Backsolve
     return cls(method=config.method, rtol=config.rtol, atol=config.atol)
 

@@ -15,7 +15,10 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "exponential")
 CLIP_MODES = ("norm", "value")
 ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "silu")
-METHODS = ("euler", "midpoint", "rk4", "bosh3", "dopri5", "tsit5")
+BPTT_METHODS = ("euler", "semi-implicit-euler", "midpoint", "rk4")
+# solver methods of the ctpg/backsolve solves: explicit, Rosenbrock (stiff) and switching
+METHODS = ("euler", "midpoint", "rk4", "bosh3", "dopri5", "tsit5", "rosenbrock23", "ros34pw2", "rodas4",
+           "rodas5p", "auto", "auto:dopri5+rosenbrock23", "auto:tsit5+ros34pw2")
 
 
 def _opt(default, help, **extra):
@@ -32,10 +35,13 @@ class TrainConfig:
     iters: int = _opt(1000, "number of optimiser iterations (total, including any resumed part)")
     batch_size: int = _opt(32, "initial states sampled per iteration")
     horizon: float | None = _opt(None, "time horizon T (none: the environment's own)")
-    method: str = _opt("dopri5", "Runge-Kutta method of the ctpg/backsolve solves", choices=METHODS)
+    method: str = _opt("dopri5", "solver of the ctpg/backsolve solves: explicit Runge-Kutta, Rosenbrock "
+                                 "(stiff closed loops) or auto (switches while stiff)", choices=METHODS)
     rtol: float = _opt(1e-3, "relative tolerance of the ctpg/backsolve adaptive solves")
     atol: float = _opt(1e-4, "absolute tolerance of the ctpg/backsolve adaptive solves")
     dt: float = _opt(0.01, "fixed Euler step of bptt")
+    bptt_method: str = _opt("euler", "fixed-step scheme of bptt (semi-implicit-euler: the symplectic Euler of "
+                                     "simulators, for systems with position_velocity)", choices=BPTT_METHODS)
     optimizer: str = _opt("adam", "torch optimiser", choices=OPTIMIZERS)
     lr: float = _opt(1e-3, "learning rate")
     momentum: float = _opt(0.9, "momentum of sgd (and rmsprop)")

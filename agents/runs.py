@@ -46,9 +46,12 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
+# Keys of a history entry that say when an evaluation ran, not what it measured.
+BOOKKEEPING = ("step", "oracle_total_cum", "sim_calls_cum", "wall_time")
+
+
 def report(result: TrainResult) -> None:
-    final = ", ".join(f"{k}={v:.4g}" for k, v in result.final_eval.items()
-                      if k not in ("step", "oracle_total_cum", "wall_time"))
+    final = ", ".join(f"{k}={v:.4g}" for k, v in result.final_eval.items() if k not in BOOKKEEPING)
     print(f"[ctpg] {result.status}: {result.message}\n"
           f"[ctpg] iterations {result.step}, oracle evaluations {result.oracle_total}, "
           f"wall-clock {result.wall_time:.1f} s, skipped steps {result.skipped_steps}\n"

@@ -31,7 +31,7 @@ from agents.evaluation import heldout_states, metrics, rollout
 from agents.logging import RunLogger
 from agents.policies import env_name, make_policy
 from agents.progress import Progress, StopOnInterrupt
-from agents.runs import TrainResult, interrupted_line, prepare_run, report
+from agents.runs import BOOKKEEPING, TrainResult, interrupted_line, prepare_run, report
 
 
 def train(env: str | None = None, estimator: str | None = None, *, logdir=None,
@@ -253,6 +253,7 @@ class Trainer:
         c.evaluations += 1
         c.last_eval_step = c.step
         entry = dict(values, step=c.step, oracle_total_cum=c.oracle["total_evals"],
+                     sim_calls_cum=c.oracle["sim_calls"],
                      wall_time=self.wall_time())
         self.history.append(entry)
         self.logger.flush()
@@ -288,7 +289,7 @@ class Trainer:
             if self.config.figure_every:
                 self.figure()
             final = {("cost/eval" if k == "cost" else f"eval/{k}"): v for k, v in self.history[-1].items()
-                     if k not in ("step", "oracle_total_cum", "wall_time")}
+                     if k not in BOOKKEEPING}
             self.logger.hparams_with_metrics(self.config.to_dict(), final)
         self.save()
         self.logger.close()

@@ -112,6 +112,9 @@ class ControlSystem:
     # any: the estimators hand it the solver's exact time, so that breakpoints in it
     # resolve on the right side (see estimators.closed_loop.clocked)
     clock_index: int | None = None
+    # (position indices, their velocity indices) for a mechanical system, if any: what
+    # BPTT's "semi-implicit-euler" (the symplectic Euler of simulators) needs
+    position_velocity: tuple | None = None
 
     def __init__(self, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
         self.dtype = dtype

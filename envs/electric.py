@@ -97,6 +97,7 @@ class Electric(ControlSystem):
     state_dim = 11
     action_dim = 8
     clock_index = CLOCK
+    position_velocity = ((0, 1), (2, 3))
 
     def breakpoints(self, horizon: float) -> list[float]:
         """The goal turns (its velocity, a policy input, jumps) at every segment_time."""

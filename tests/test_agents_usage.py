@@ -234,7 +234,8 @@ def test_a_custom_system_gets_generic_defaults_and_metrics(tmp_path):
     assert config.lr == agents.TrainConfig.lr and config.schedule == "constant"
     mlp = [m for m in result.policy.modules() if isinstance(m, torch.nn.Linear)]
     assert mlp[0].in_features == 2 and mlp[-1].out_features == 1
-    assert set(result.final_eval) == {"cost", "final_state_norm", "step", "oracle_total_cum", "wall_time"}
+    assert set(result.final_eval) == {"cost", "final_state_norm", "step", "oracle_total_cum", "sim_calls_cum",
+                                      "wall_time"}
     assert result.history[-1]["cost"] < result.history[0]["cost"]
     with pytest.raises(ConfigError, match="custom system"):
         agents.train(logdir=tmp_path / "custom", resume=True, iters=6)

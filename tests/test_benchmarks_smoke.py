@@ -174,9 +174,34 @@ def test_learning_smoke(tmp_path):
             assert [h["step"] for h in run["history"]] == [0, 2, 4]
             assert all(math.isfinite(n) for n in _numbers(run["history"]))
         assert all(math.isfinite(n) for n in _numbers(result["summary"][name]))
-        assert set(result["curves"][name]) == {"step", "oracle_total_cum", "wall_time"}
+        assert set(result["curves"][name]) == {"step", "oracle_total_cum", "sim_calls_cum", "wall_time"}
         assert all(math.isfinite(n) for n in _numbers(result["curves"][name]))
     # same seed: same initial policy and held-out states, so the first evaluations agree
     assert result["runs"]["ctpg"][0]["history"][0]["cost"] == result["runs"]["bptt"][0]["history"][0]["cost"]
     assert isinstance(result["floor"]["holds"], bool)
     assert (tmp_path / "runs" / "diffdrive__ctpg__0" / "checkpoint.pt").exists()
+
+
+def test_learning_smoke_electric_uses_difftaichis_integrator_and_two_cost_axes(tmp_path):
+    from benchmarks import learning
+
+    learning.main(["--smoke", "--env", "electric", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "learning_electric")
+    assert result["bptt_dt"] == 0.03 and "semi-implicit" in result["labels"]["bptt"]
+    assert set(result["floor"]["per_seed"]) == {"oracle_total_cum", "wall_time"}
+    assert isinstance(result["floor"]["holds"], bool)
+
+
+def test_learning_smoke_cartpole_counts_simulator_calls_and_learning(tmp_path):
+    from benchmarks import learning
+
+    learning.main(["--smoke", "--env", "cartpole", "--iters", "2", "--eval-every", "1", "--method", "auto",
+                   "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "learning_cartpole")
+    assert "auto" in result["labels"]["ctpg"]
+    assert set(result["floor"]["per_seed"]) == {"sim_calls_cum"}
+    assert set(result["floor"]["learned"]) == {"ctpg", "bptt"}
+    for name in ("ctpg", "bptt"):
+        run = result["runs"][name][0]
+        assert run["history"][-1]["sim_calls_cum"] > run["history"][-1]["oracle_total_cum"] > 0
+        assert "upright_fraction" in run["history"][-1]

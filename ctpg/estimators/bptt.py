@@ -1,6 +1,8 @@
 """Back-propagation through time: autograd through a fixed-step rollout."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ctpg.estimators.base import Estimator
@@ -8,11 +10,16 @@ from ctpg.estimators.closed_loop import closed_loop_rhs
 from ctpg.solvers import solve
 
 
+SEMI_IMPLICIT = "semi-implicit-euler"
+
+
 class BPTT(Estimator):
     """Exact gradient of a fixed-step discretisation (explicit Euler by default).
 
     The closed loop and its accumulated cost are stepped with `method` at step `dt`
-    (each interval between the system's breakpoints is split into equal steps <= dt)
+    (each interval between the system's breakpoints is split into equal steps <= dt;
+    method "semi-implicit-euler" is the symplectic Euler of mechanical simulators,
+    for systems that declare `position_velocity`)
     while autograd records every operation; the backward pass is reverse-mode autograd
     through that graph, with one counted `vjp` per f call (the dynamics enter as
     `system.f_autograd`, which also differentiates the system's own parameters).
@@ -31,6 +38,26 @@ class BPTT(Estimator):
             raise ValueError(f"BPTT needs a positive step, e.g. BPTT(dt=0.01); got dt={dt}")
         self.dt, self.method, self.max_steps = dt, method, max_steps
 
+    def _rollout(self, rhs, system, y0, T):
+        """(y(T), steps) of the rollout; method "semi-implicit-euler" is the symplectic
+        Euler of mechanical simulators (DiffTaichi): velocities first, then positions with
+        the new velocities, for systems that name their position/velocity pairs."""
+        if self.method != SEMI_IMPLICIT:
+            sol = solve(rhs, y0, 0.0, T, method=self.method, dt=self.dt, max_steps=self.max_steps,
+                        tstops=system.breakpoints(T))
+            return sol.y1, sol.steps_accepted
+        if system.position_velocity is None:
+            raise ValueError(f"BPTT(method={SEMI_IMPLICIT!r}) needs {type(system).__name__}.position_velocity "
+                             "(the indices of positions and of their velocities); use method='euler' otherwise")
+        positions, velocities = (list(ix) for ix in system.position_velocity)
+        n = max(1, math.ceil(T / self.dt - 1e-9))
+        h, y = T / n, y0
+        for i in range(n):
+            y1 = y + h * rhs(i * h, y)                                 # Euler for everything ...
+            moved = y[:, positions] + h * y1[:, velocities]            # ... but positions with v_{n+1}
+            y = y1.index_copy(1, torch.tensor(positions, device=y.device), moved)
+        return y, n
+
     def __repr__(self):
         return f"BPTT(dt={self.dt}, method={self.method!r})"
 
@@ -43,13 +70,12 @@ class BPTT(Estimator):
             x0 = problem.x0.detach().requires_grad_(problem.keep_for_backward)
             y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
             rhs = closed_loop_rhs(system, problem.policy, f=lambda x, u: system.f_autograd(x, u, own))
-            sol = solve(rhs, y0, 0.0, problem.T, method=self.method, dt=self.dt, max_steps=self.max_steps,
-                        tstops=system.breakpoints(problem.T))
-            costs = sol.y1[:, d] + system.terminal_cost(sol.y1[:, :d])
+            y1, steps = self._rollout(rhs, system, y0, problem.T)
+            costs = y1[:, d] + system.terminal_cost(y1[:, :d])
         if problem.keep_for_backward:
             problem.saved.update(x0=x0, costs=costs)
-        problem.saved.update(steps=sol.steps_accepted)
-        return costs, sol.steps_accepted, 0, stored.floats
+        problem.saved.update(steps=steps)
+        return costs, steps, 0, stored.floats
 
     def _backward(self, problem, saved, grad_loss):
         x0, costs, params = saved["x0"], saved["costs"], problem.params
