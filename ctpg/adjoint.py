@@ -43,7 +43,7 @@ class AdjointSolution:
 def solve_adjoint(field, a1: torch.Tensor, mu1: torch.Tensor, t1: float, t0: float, *,
                   method: str, rtol=None, atol=None, dt: float | None = None,
                   first_step: float | None = None, max_steps: int = 100_000,
-                  seminorm: bool = False, tstops=(), jumps=None) -> AdjointSolution:
+                  seminorm: bool = False, tstops=(), jumps=None, per_sample: bool = False) -> AdjointSolution:
     """Integrate the adjoint of `field` from t1 back to t0.
 
     a1 [N, ...] (leading dimension: samples; the error norm is per sample) and mu1 [P]
@@ -51,7 +51,9 @@ def solve_adjoint(field, a1: torch.Tensor, mu1: torch.Tensor, t1: float, t0: flo
     between t0 and t1, where the solve stops (the loss reads y there). `tstops`: times
     where the field is discontinuous (the solve lands on them, no jump). `seminorm`:
     steps controlled by a alone, mu carried along. Stiff methods (Rosenbrock, "auto")
-    use field.linearisation. Costs one field.derivatives call per stage (one vjp for
+    use field.linearisation. `per_sample`: each sample its own steps (explicit
+    methods; field.derivatives(t, a, rows), mu per sample [N, P], see
+    ctpg.solvers.per_sample). Costs one field.derivatives call per stage (one vjp for
     the front ends), see `ctpg.solvers.solve`.
     """
     jumps = jumps or {}
@@ -65,7 +67,7 @@ def solve_adjoint(field, a1: torch.Tensor, mu1: torch.Tensor, t1: float, t0: flo
             a = a + jumps[start]
         sol = solve(field.derivatives, a, start, end, method=method, rtol=rtol, atol=atol, dt=dt,
                     first_step=h, max_steps=max_steps, q0=mu, quadrature_in_norm=not seminorm,
-                    jacobian=jacobian, tstops=tstops)
+                    jacobian=jacobian, tstops=tstops, per_sample=per_sample)
         a, mu, h = sol.y1, sol.q1, sol.last_step
         out.steps_accepted += sol.steps_accepted
         out.steps_rejected += sol.steps_rejected

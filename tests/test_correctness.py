@@ -347,3 +347,93 @@ def test_float32_at_horizons_that_float32_cannot_represent(estimator, horizon):
 def test_rtol_below_the_dtype_precision_warns():
     with pytest.warns(UserWarning, match="below what torch.float32 can deliver"):
         solve(lambda t, y: -y, torch.ones(1, 1), 0.0, 1.0, method="dopri5", rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------ per-sample steps
+def test_per_sample_steps_make_a_samples_result_independent_of_its_batch():
+    system = LQR(Qf=0.5 * torch.eye(2, dtype=DT))
+    K = system.optimal_gain() + 0.3 * torch.tensor([[1.0, -0.5], [0.2, 0.4]], dtype=DT)
+    probe = torch.tensor([[1.0, -2.0]], dtype=DT)
+    gen = torch.Generator().manual_seed(0)
+    results = []
+    for others in (torch.zeros(0, 2, dtype=DT), 10 * torch.randn(40, 2, generator=gen, dtype=DT),
+                   torch.zeros(255, 2, dtype=DT)):
+        x0 = torch.cat([probe, others]).requires_grad_(True)
+        loss, _ = CTPG(rtol=1e-4, atol=1e-4, per_sample=True)(system, Linear(K), x0)
+        loss.backward()
+        results.append(x0.shape[0] * x0.grad[0])
+    # the same steps exactly: equal but for the rounding of the batch mean's 1/N
+    assert all(torch.allclose(r, results[0], rtol=1e-14, atol=0) for r in results)
+
+
+def test_per_sample_ctpg_matches_the_exact_gradient_and_the_shared_one():
+    system = LQR(Qf=0.5 * torch.eye(2, dtype=DT))
+    K = system.optimal_gain() + 0.3 * torch.tensor([[1.0, -0.5], [0.2, 0.4]], dtype=DT)
+    x0 = system.sample_initial_state(5, torch.Generator().manual_seed(0))
+    K_, x_ = K.clone().requires_grad_(True), x0.clone().requires_grad_(True)
+    system.exact_cost(K_, x_).mean().backward()
+    policy, x = Linear(K), x0.clone().requires_grad_(True)
+    loss, info = CTPG(rtol=1e-10, atol=1e-10, per_sample=True)(system, policy, x)
+    loss.backward()
+    assert rel(policy.K.grad, K_.grad) < 1e-7 and rel(x.grad, x_.grad) < 1e-7
+    assert info.stored_floats > 0 and info.backward.steps_accepted > 0
+
+
+@pytest.mark.parametrize("system_class", ["fused", "explicit-vjp", "black-box"])
+def test_per_sample_mlp_gradient_equals_the_shared_steps_gradient(system_class):
+    from test_estimators import ControlledVanDerPol, VanDerPolExplicitVjp
+    system = {"fused": ControlledVanDerPol, "explicit-vjp": VanDerPolExplicitVjp,
+              "black-box": NumpyPendulumFD}[system_class]()
+    torch.manual_seed(0)
+    policy = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    x0 = system.sample_initial_state(4, torch.Generator().manual_seed(1))
+    grads = []
+    for per_sample in (False, True):
+        policy.zero_grad()
+        x = x0.clone().requires_grad_(True)
+        loss, _ = CTPG(rtol=1e-10, atol=1e-10, per_sample=per_sample)(system, policy, x)
+        loss.backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in policy.parameters()] + [x.grad.reshape(-1)]))
+    assert rel(grads[1], grads[0]) < 1e-7
+
+
+def test_per_sample_steps_land_on_breakpoints_and_refuse_what_they_cannot_do():
+    import envs
+    system = envs.make("electric", horizon=9.0)           # one goal turn at 7.68 inside
+    torch.manual_seed(0)
+    policy = torch.nn.Sequential(torch.nn.Linear(11, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8)).double()
+    x0 = system.sample_initial_state(3, torch.Generator().manual_seed(1))
+    grads = []
+    for per_sample in (False, True):
+        policy.zero_grad()
+        loss, _ = CTPG(rtol=1e-9, atol=1e-9, per_sample=per_sample)(system, policy, x0)
+        loss.backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in policy.parameters()]))
+    assert rel(grads[1], grads[0]) < 1e-6
+    with pytest.raises(ValueError, match="explicit Runge-Kutta"):
+        CTPG(method="rodas5p", per_sample=True)(LQR(), Linear(torch.eye(2, dtype=DT)), torch.ones(2, 2, dtype=DT))
+    k = torch.nn.Parameter(torch.tensor(0.8, dtype=DT))
+    with pytest.raises(ValueError, match="policy's own parameters only"):
+        CTPG(per_sample=True)(LearnableDecay(k), SharedGainPolicy(k), torch.ones(2, 1, dtype=DT))
+
+
+def test_bptt_frees_its_rollout_graph():
+    """The storage counter's hook must not tie the rollout's tensors to their own graph
+    nodes (a cycle through C++ that Python's collector cannot break): after the
+    estimate and its backward pass, no tensor of the rollout stays alive."""
+    import gc
+
+    def live():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is torch.Tensor)
+
+    system, policy = LQR(), torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),
+                                               torch.nn.Linear(8, 2)).double()
+    x0 = torch.ones(4, 2, dtype=DT)
+    BPTT(dt=0.01)(system, policy, x0)[0].backward()      # warm-up: lazily created tensors
+    before = live()
+    for _ in range(3):
+        loss, info = BPTT(dt=0.01)(system, policy, x0)
+        loss.backward()
+        del loss, info
+    assert live() - before < 50      # a leaked rollout would keep thousands

@@ -102,7 +102,9 @@ class _SavedTensorCounter:
         if key not in self._seen:
             self._seen.add(key)
             self.floats += storage.nbytes() // tensor.element_size()
-        return tensor
+        # detached (same storage): returning the tensor itself would tie an op's output
+        # to its own graph node in a reference cycle through C++ that never frees the graph
+        return tensor.detach()
 
     @staticmethod
     def unpack(tensor):

@@ -42,7 +42,7 @@ def closed_loop_rhs(system, policy, f=None):
     f = system.f if f is None else f
     d = system.state_dim
 
-    def rhs(t, y):
+    def rhs(t, y, rows=None):     # rows: per-sample solves name the samples (unused here)
         x = clocked(system, y[:, :d], t)
         u = policy(x)
         return torch.cat([f(x, u), system.running_cost(x, u)[:, None]], 1)
@@ -127,19 +127,73 @@ def terminal_adjoint(system, xT, params, cost_weight):
     return lam, mu
 
 
+def per_sample_policy_vjp(policy, system, params, x, a_u):
+    """(a_u^T pi_x [N, d], a_u^T pi_theta [N, P]) sample by sample, by torch.func (vmap of
+    a reverse pass through the policy, saturated to the system's bounds as the
+    estimators see it). Needs the policy as a torch.nn.Module holding `params`."""
+    module = getattr(policy, "policy", policy)          # saturated_policy keeps the module
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError("per-sample steps need the policy as a torch.nn.Module (per-sample parameter "
+                         "gradients come from torch.func.functional_call); use per_sample=False")
+    names = {id(p): name for name, p in module.named_parameters()}
+    if any(id(p) not in names for p in params):
+        raise ValueError("per-sample steps differentiate the policy's own parameters only (no learnable "
+                         "system or cost parameters, no extra tensors); use per_sample=False")
+    keys = [names[id(p)] for p in params]
+    frozen = {k: v.detach() for k, v in module.named_parameters() if k not in set(keys)}
+    frozen.update(dict(module.named_buffers()))
+    low, high = system.action_low, system.action_high
+
+    def one(theta, xi, ai):
+        u = torch.func.functional_call(module, {**dict(zip(keys, theta)), **frozen}, (xi[None],))[0]
+        if low is not None:
+            u = torch.clamp(u, low.to(u), high.to(u))
+        return (u * ai).sum()
+
+    g_theta, g_x = torch.func.vmap(torch.func.grad(one, argnums=(0, 1)), in_dims=(None, 0, 0))(
+        tuple(p.detach() for p in params), x, a_u)
+    return g_x, torch.cat([g.reshape(x.shape[0], -1) for g in g_theta], 1) if params else x.new_zeros(x.shape[0], 0)
+
+
+def adjoint_derivatives_per_sample(system, policy, params, x, lam):
+    """(dlam/dt [N,d], dmu/dt [N,P]): as adjoint_derivatives, with the parameter
+    gradient kept per sample (for per-sample step sizes). Costs the same counted vjp,
+    one reverse pass through f and the cost, and a per-sample (vmapped) reverse pass
+    through the policy."""
+    with torch.no_grad():
+        u = policy(x)
+    with torch.enable_grad():
+        x_ = x.detach().requires_grad_(True)
+        u_ = u.detach().requires_grad_(True)
+        total = system.running_cost(x_, u_).sum()
+        if system.vjp_by_autograd:
+            total = total + (lam * system.f_for_vjp(x_, u_)).sum()
+            a_x, a_u = 0.0, 0.0
+        else:
+            a_x, a_u = system.vjp(x.detach(), u.detach(), lam)
+        g_x, g_u = torch.autograd.grad(total, [x_, u_], allow_unused=True)
+    g_x = (torch.zeros_like(x) if g_x is None else g_x) + a_x
+    g_u = (torch.zeros_like(u) if g_u is None else g_u) + a_u
+    pol_x, pol_theta = per_sample_policy_vjp(policy, system, params, x.detach(), g_u)
+    return -(g_x + pol_x), -pol_theta
+
+
 class ControlAdjoint:
     """The control front end of ctpg.adjoint: the adjoint field of the closed loop,
-    reading x(t) from the forward pass's stored trajectory `path` (or from `states`,
-    a callable t -> x). Per-sample costs weigh 1."""
+    reading x(t) from the forward pass's stored trajectory `path`. Per-sample costs
+    weigh 1. With per_sample, derivatives(t, lam, rows) reads each sample's own time
+    and keeps the parameter gradient per sample ([N, P])."""
 
-    def __init__(self, system, policy, params, system_params, path):
+    def __init__(self, system, policy, params, system_params, path, per_sample: bool = False):
         self.system, self.policy, self.params = system, policy, params
-        self.system_params, self.path = system_params, path
+        self.system_params, self.path, self.per_sample = system_params, path, per_sample
 
-    def state(self, t):
-        return clocked(self.system, self.path.evaluate(t)[:, :self.system.state_dim], t)
+    def state(self, t, rows=None):
+        return clocked(self.system, self.path.evaluate(t, rows)[:, :self.system.state_dim], t)
 
-    def derivatives(self, t, lam):
+    def derivatives(self, t, lam, rows=None):
+        if self.per_sample:
+            return adjoint_derivatives_per_sample(self.system, self.policy, self.params, self.state(t, rows), lam)
         dlam, dmu, _ = adjoint_derivatives(self.system, self.policy, self.params, self.state(t), lam,
                                            1.0, self.system_params)
         return dlam, dmu

@@ -7,7 +7,6 @@ from ctpg.adjoint import solve_adjoint, unflatten
 from ctpg.estimators.base import Estimator
 from ctpg.estimators.closed_loop import ControlAdjoint, closed_loop_jacobian, closed_loop_rhs, terminal_adjoint
 from ctpg.solvers import is_stiff_method, solve
-from ctpg.trajectory import Trajectory
 
 
 class CTPG(Estimator):
@@ -46,47 +45,56 @@ class CTPG(Estimator):
                  adjoint_method: str | None = None, adjoint_rtol: float | None = None,
                  adjoint_atol: float | None = None, dt: float | None = None,
                  adjoint_dt: float | None = None, adjoint_seminorm: bool = False,
-                 max_steps: int = 100_000):
+                 max_steps: int = 100_000, per_sample: bool = False):
         self.method, self.rtol, self.atol, self.dt = method, rtol, atol, dt
         self.adjoint_method = adjoint_method or method
         self.adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
         self.adjoint_atol = atol if adjoint_atol is None else adjoint_atol
         self.adjoint_dt = dt if adjoint_dt is None else adjoint_dt
         self.adjoint_seminorm = adjoint_seminorm
-        self.max_steps = max_steps
+        self.max_steps, self.per_sample = max_steps, per_sample
 
     def __repr__(self):
         return (f"CTPG(method={self.method!r}, rtol={self.rtol}, atol={self.atol}, dt={self.dt}, "
-                f"adjoint_method={self.adjoint_method!r}, adjoint_seminorm={self.adjoint_seminorm})")
+                f"adjoint_method={self.adjoint_method!r}, adjoint_seminorm={self.adjoint_seminorm}"
+                + (", per_sample=True)" if self.per_sample else ")"))
 
     def _forward(self, problem):
         system, x0, d = problem.system, problem.x0, problem.system.state_dim
+        if self.per_sample and problem.system_params:
+            raise ValueError("per-sample steps differentiate the policy's own parameters only, but the system "
+                             "or its costs hold learnable parameters too (system.parameters()); use "
+                             "per_sample=False")
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
         jacobian = closed_loop_jacobian(system, problem.policy) if is_stiff_method(self.method) else None
         with torch.no_grad():
             sol = solve(closed_loop_rhs(system, problem.policy), y0, 0.0, problem.T, method=self.method,
                         rtol=self.rtol, atol=self.atol, dt=self.dt, max_steps=self.max_steps,
                         dense=problem.keep_for_backward, jacobian=jacobian, autonomous=True,
-                        tstops=system.breakpoints(problem.T))
+                        tstops=system.breakpoints(problem.T), per_sample=self.per_sample)
             xT = sol.y1[:, :d]
             costs = sol.y1[:, d] + system.terminal_cost(xT)
-        if problem.keep_for_backward:
-            problem.saved.update(coefs=sol.trajectory.coefs, times=sol.times, xT=xT,
-                                 first_step=backward_first_step(sol.times))
+        if problem.keep_for_backward:     # tensors, so that torch frees them after the backward pass
+            problem.saved.update(vars(sol.trajectory), path_kind=type(sol.trajectory), xT=xT, first_step=(
+                sol.last_step if self.per_sample else backward_first_step(sol.times)))
         stored = sol.trajectory.stored_floats if sol.trajectory is not None else 0
         return costs, sol.steps_accepted, sol.steps_rejected, stored
 
     def _backward(self, problem, saved, grad_loss):
         system, params = problem.system, problem.params
-        path = Trajectory(saved["times"], saved["coefs"])
-        field = ControlAdjoint(system, problem.policy, params, problem.system_params, path)
+        path = saved["path_kind"].from_state(saved)
+        field = ControlAdjoint(system, problem.policy, params, problem.system_params, path, self.per_sample)
         lam_T, mu_T = terminal_adjoint(system, saved["xT"], params, 1.0)
+        if self.per_sample:     # each sample its own gradient row; J depends on no policy parameter
+            mu_T = mu_T.new_zeros(lam_T.shape[0], mu_T.numel())
         sol = solve_adjoint(field, lam_T, mu_T, problem.T, 0.0, method=self.adjoint_method,
                             rtol=self.adjoint_rtol, atol=self.adjoint_atol, dt=self.adjoint_dt,
                             first_step=saved["first_step"], max_steps=self.max_steps,
-                            seminorm=self.adjoint_seminorm, tstops=system.breakpoints(problem.T))
+                            seminorm=self.adjoint_seminorm, tstops=system.breakpoints(problem.T),
+                            per_sample=self.per_sample)
         scale = grad_loss / problem.x0.shape[0]         # dLoss/dcost of each sample (batch mean)
-        grads = (scale * sol.a0, unflatten(scale * sol.mu0, params))
+        mu = sol.mu0.sum(0) if self.per_sample else sol.mu0
+        grads = (scale * sol.a0, unflatten(scale * mu, params))
         return grads, (sol.steps_accepted, sol.steps_rejected)
 
 

@@ -44,7 +44,7 @@ def error_ratio(groups) -> torch.Tensor:
 
 
 def initial_step(func, t0: float, y0, f0, order: int, rtol, atol, direction: float,
-                 select=None) -> float:
+                 select=None, per_sample: bool = False):
     """Automatic first step (Hairer, Norsett & Wanner, Solving ODEs I, II.4), per sample.
 
     Each sample proposes its own step; the smallest counts, except that a sample with
@@ -52,6 +52,8 @@ def initial_step(func, t0: float, y0, f0, order: int, rtol, atol, direction: flo
     derivative of y; `select` picks the components that control the step (as the
     solve's error norm does). Costs one call of func.
     """
+    if per_sample:
+        return _initial_step_per_sample(func, t0, y0, f0, order, rtol, atol, direction, select)
     select = select or (lambda v: v)
     scale = atol + rtol * select(y0).abs()
     # Components with zero scale (atol = 0 at a zero value, e.g. an accrued cost at t0)
@@ -73,6 +75,24 @@ def initial_step(func, t0: float, y0, f0, order: int, rtol, atol, direction: flo
         return max(1e-6, h0 * 1e-3)
     h1 = float(((0.01 / d12[active]) ** (1.0 / (order + 1))).min())
     return min(100 * h0, h1)
+
+
+def _initial_step_per_sample(func, t0, y0, f0, order, rtol, atol, direction, select) -> torch.Tensor:
+    """The same rule with one first step per sample [N]; func(t, y) takes a float t."""
+    select = select or (lambda v: v)
+    scale = atol + rtol * select(y0).abs()
+    scale = torch.where(scale > 0, scale, torch.full_like(scale, INF))
+
+    def rms(v):
+        return scaled_rms(v, torch.zeros_like(v), torch.zeros_like(v), 0.0, scale)
+
+    d0, d1 = rms(select(y0)), rms(select(f0))
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
+    shape = (-1,) + (1,) * (y0.ndim - 1)
+    f1 = func(t0 + direction * h0, y0 + direction * h0.view(shape).to(y0.dtype) * f0)
+    d12 = torch.maximum(d1, rms(select(f1 - f0)) / h0)
+    h1 = torch.where(d12 <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / d12.clamp_min(1e-300)) ** (1.0 / (order + 1)))
+    return torch.minimum(100 * h0, h1).to(torch.float64)
 
 
 @dataclasses.dataclass

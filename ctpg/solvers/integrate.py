@@ -11,13 +11,16 @@ import torch
 from ctpg.errors import MaxStepsExceeded, NonFiniteError, StepSizeTooSmall
 from ctpg.solvers.control import PIController, error_ratio, initial_step
 from ctpg.solvers.methods import make_stepper
-from ctpg.trajectory import Trajectory
+from ctpg.solvers.per_sample import solve_per_sample
+from ctpg.trajectory import SampleTrajectory, Trajectory
 
 
 @dataclasses.dataclass
 class Solution:
     """Result of `solve`: final state (and quadratures), step counts, calls of func and
-    of the Jacobian, the accepted step boundaries and the optional dense path."""
+    of the Jacobian, the accepted step boundaries (None with per-sample steps: each
+    sample has its own, in the trajectory) and the optional dense path. Per-sample
+    steps count accepted and rejected steps over all samples."""
 
     y1: torch.Tensor
     steps_accepted: int
@@ -28,7 +31,8 @@ class Solution:
     q1: torch.Tensor | None = None
     jacobian_calls: int = 0
     method_switches: int = 0
-    last_step: float | None = None
+    last_step: float | torch.Tensor | None = None   # per-sample mode: a tensor [N]
+    iterations: int | None = None                   # per-sample mode: batched step attempts
 
 
 class _Counted:
@@ -38,16 +42,25 @@ class _Counted:
     at a stop that bounds the current interval is moved to the nearest float inside
     the interval, so each side of a jump in t sees its own branch."""
 
-    def __init__(self, func, with_quadrature: bool):
+    def __init__(self, func, with_quadrature: bool, per_sample: bool = False):
         self.func, self.with_quadrature, self.calls = func, with_quadrature, 0
+        self.per_sample, self.rows = per_sample, None    # per-sample mode: func(t, y, rows)
         self.inside = {}        # stop time -> the float next to it inside the current interval
 
     def enter(self, start: float, end: float, stops: set) -> None:
         self.inside = {t: math.nextafter(t, other) for t, other in ((start, end), (end, start)) if t in stops}
 
+    def _side(self, t):
+        if not isinstance(t, torch.Tensor):
+            return self.inside.get(t, t)
+        for stop, inside in self.inside.items():
+            t = torch.where(t == stop, torch.full_like(t, inside), t)
+        return t
+
     def __call__(self, t, y):
         self.calls += 1
-        out = self.func(self.inside.get(t, t), y)
+        t = self._side(t)
+        out = self.func(t, y, self.rows) if self.per_sample else self.func(t, y)
         return out if self.with_quadrature else (out, None)
 
 
@@ -56,7 +69,7 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
           max_steps: int = 100_000, min_step: float | None = None, dense: bool = False,
           error_on: slice | None = None, q0: torch.Tensor | None = None,
           quadrature_in_norm: bool = True, jacobian=None, autonomous: bool = False,
-          tstops=()) -> Solution:
+          tstops=(), per_sample: bool = False) -> Solution:
     """Integrate from t0 to t1 (t1 < t0 integrates backwards in time).
 
     y0 [N, ...]: the leading dimension indexes independent samples. Adaptive steps
@@ -77,6 +90,12 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
     `Linearisation`; by default it comes from autograd through func. `autonomous=True`
     says func does not depend on t, which spares the rhs call for dF/dt.
 
+    `per_sample=True` (adaptive explicit methods): every sample has its own time, step
+    size and accept/reject decision, so a sample's result does not depend on its batch
+    (see ctpg.solvers.per_sample: func is then called as func(t [k], y [k, ...], rows
+    [k]), quadratures are per sample, q0 [N, ...], and the dense output is a
+    SampleTrajectory). Fixed steps are batch-independent already and ignore it.
+
     `tstops`: times strictly between t0 and t1 where the solve must land, e.g. where
     func jumps in t; the step restarts there (func is evaluated afresh), and func is
     evaluated on each side of a stop just inside that side (the neighbouring float),
@@ -96,12 +115,13 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
         raise ValueError(f"the integration interval must be finite, got [{t0}, {t1}]")
     if dense and t1 < t0:
         raise ValueError("dense output is only kept for forward-in-time solves (t1 > t0)")
-    rhs = _Counted(func, q0 is not None)
+    adaptive = dt is None
+    per_sample = per_sample and adaptive
+    rhs = _Counted(func, q0 is not None, per_sample)
     if jacobian is None:
         from ctpg.solvers.jacobian import autograd_jacobian
         jacobian = autograd_jacobian(func, q0 is not None)
     stepper = make_stepper(method, jacobian=jacobian, autonomous=autonomous)
-    adaptive = dt is None
     if adaptive and not stepper.adaptive:
         raise ValueError(f"method {method!r} has no error estimate: give a fixed step, e.g. dt=0.01, "
                          "or choose an adaptive method (dopri5, tsit5, bosh3, heun, dop853, rodas5p, ...)")
@@ -109,8 +129,11 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
         raise ValueError("rtol and atol are required for adaptive steps, e.g. rtol=1e-6, atol=1e-8")
     if adaptive:
         _warn_if_tolerance_unreachable(rtol, y0.dtype)
-    run = _Run(rhs, stepper, dense, max_steps)
     bounds = _stop_points(t0, t1, tstops)
+    if per_sample:
+        return _solve_per_sample(rhs, stepper, y0, q0, bounds, _Norm(rtol, atol, error_on, quadrature_in_norm),
+                                 first_step, max_steps, min_step, dense)
+    run = _Run(rhs, stepper, dense, max_steps)
     y, q = y0, q0
     if adaptive:
         norm = _Norm(rtol, atol, error_on, quadrature_in_norm)
@@ -121,6 +144,19 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
     trajectory = Trajectory.from_pieces(run.times, run.pieces) if dense else None
     return Solution(y, run.accepted, run.rejected, rhs.calls, run.times, trajectory, q,
                     getattr(stepper, "jacobian_calls", 0), run.switches, run.last_step)
+
+
+def _solve_per_sample(rhs, stepper, y, q, bounds, norm, first_step, max_steps, min_step, dense) -> Solution:
+    counts, pieces, h = dict(accepted=0, rejected=0, iterations=0), [], first_step
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        rhs.enter(a, b, set(bounds[1:-1]))
+        y, q, more, h = solve_per_sample(rhs, stepper, y, q, a, b, norm, h, max_steps,
+                                         1e-12 * abs(bounds[-1] - bounds[0]) if min_step is None else min_step,
+                                         dense, counts)
+        pieces += more
+    trajectory = SampleTrajectory.from_pieces(y.shape[0], pieces, bounds[0], bounds[-1]) if dense else None
+    return Solution(y, counts["accepted"], counts["rejected"], rhs.calls, None, trajectory, q,
+                    last_step=h, iterations=counts["iterations"])
 
 
 def _stop_points(t0, t1, tstops) -> list:

@@ -75,6 +75,14 @@ class Linearisation:
     time_derivative: tuple | None = None
 
 
+def column(h, like: torch.Tensor):
+    """A step size as `like`'s samples see it: a float stays a float (one step for the
+    batch); a tensor [N] of per-sample steps becomes [N, 1, ...] to broadcast."""
+    if not isinstance(h, torch.Tensor):
+        return h
+    return h.view((-1,) + (1,) * (like.ndim - 1)).to(like.dtype)
+
+
 def combine(y0, scale: float, weights, vectors):
     """y0 + scale sum_i w_i v_i, skipping zero weights (y0 None: start from zero)."""
     total = None
@@ -105,24 +113,27 @@ class ExplicitRK:
         return StepperState(f=f, g=g, t=t)
 
     def step(self, rhs, state, t, y, q, h) -> Step:
+        """h: a float, or a tensor [N] of per-sample steps (with t a tensor [N] too)."""
         tab = self.tableau
+        hy = column(h, y)
         ks, gs, inputs = [state.f], [state.g], [y]
         for c_i, a_i in zip(tab.c[1:], tab.a[1:]):
-            y_i = combine(y, h, a_i, ks)
+            y_i = combine(y, hy, a_i, ks)
             k, g = rhs(t + float(c_i) * h, y_i)
             ks.append(k), gs.append(g), inputs.append(y_i)
-        y1 = combine(y, h, tab.b, ks)
-        err = None if tab.err is None else combine(None, h, tab.err, ks)
+        y1 = combine(y, hy, tab.b, ks)
+        err = None if tab.err is None else combine(None, hy, tab.err, ks)
         q1 = err_q = None
         if q is not None:
-            q1 = combine(q, h, tab.b, gs)
-            err_q = None if tab.err is None else combine(None, h, tab.err, gs)
+            hq = column(h, q)
+            q1 = combine(q, hq, tab.b, gs)
+            err_q = None if tab.err is None else combine(None, hq, tab.err, gs)
         stiffness = None
         if self.detect_stiffness:
             i, j = tab.stiffness_stages
             stiffness = abs(h) * _rowwise_ratio(ks[j] - ks[i], inputs[j] - inputs[i])
         f_last = (ks[-1], gs[-1]) if tab.fsal else None
-        return Step(y1, q1, err, err_q, self.error_order, h, y, state.f, ks, tab.dense, h, f_last, stiffness)
+        return Step(y1, q1, err, err_q, self.error_order, hy, y, state.f, ks, tab.dense, hy, f_last, stiffness)
 
     def accept(self, rhs, state, step, t1, dense):
         state.f, state.g = step.f_last if step.f_last is not None else rhs(t1, step.y1)
