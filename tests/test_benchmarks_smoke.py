@@ -68,7 +68,7 @@ def test_torchdiffeq_compare_smoke(tmp_path):
 
 
 # ---------------------------------------------------------------- benchmarks/pareto.py
-PARETO_LABELS = {"BPTT-Euler", "CTPG-dopri5", "CTPG-tsit5", "CTPG-bosh3", "Backsolve", "Backsolve-ckpt10"}
+PARETO_LABELS = {"BPTT-Euler", "CTPG-dopri5", "CTPG-tsit5", "CTPG-bosh3", "CTPG-auto", "Backsolve", "Backsolve-ckpt10"}
 PARETO_METRICS = {"param_error", "full_error", "oracle_evals", "sim_calls", "wall_time", "stored_floats"}
 
 
