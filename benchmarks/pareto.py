@@ -125,7 +125,7 @@ def make_policy(system, cfg: Config):
     """
     if cfg.policy:
         import agents
-        policy = agents.load_policy(cfg.policy).to(system.device)
+        policy = agents.load_policy(cfg.policy, device=cfg.device)
         for p in policy.parameters():
             p.requires_grad_(True)
         return policy
