@@ -137,8 +137,8 @@ class Group(Solo):
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         oracle = {k: int(v) for k, v in zip(keys, total[:len(keys)].tolist())}
         oracle["total_evals"] = oracle["f_evals"] + oracle["vjp_evals"] + oracle["jac_evals"]
-        scalars = dict(scalars, **dict(zip(summed, total[len(keys):].tolist())), **dict(zip(largest, peak.tolist())))
-        return oracle, scalars
+        combined = dict(zip(summed, total[len(keys):].tolist())) | dict(zip(largest, peak.tolist()))
+        return oracle, {k: type(v)(combined.get(k, v)) for k, v in scalars.items()}   # counts stay ints
 
     def agree(self, status, message, interrupted):
         """Rank 0's status, or "interrupted" when it has none and any rank was interrupted."""

@@ -165,3 +165,24 @@ def test_learning_smoke(tmp_path):
     assert result["runs"]["ctpg"][0]["history"][0]["cost"] == result["runs"]["bptt"][0]["history"][0]["cost"]
     assert isinstance(result["floor"]["holds"], bool)
     assert (tmp_path / "runs" / "diffdrive__ctpg__0" / "checkpoint.pt").exists()
+
+
+# ---------------------------------------------------------------- benchmarks/throughput.py
+def test_throughput_smoke(tmp_path):
+    from benchmarks import throughput
+
+    result = throughput.main(["--smoke", "--out", str(tmp_path)])
+    saved = _read_outputs(tmp_path, "throughput_diffdrive")
+    assert saved["budget"] == "smoke" and set(saved["devices"]) == {"cpu", "cuda"}
+    cpu = [p for p in result["points"] if p["device"] == "cpu"]
+    assert {(p["estimator"], p["batch"]) for p in cpu} == {(e, n) for e in ("ctpg", "bptt", "backsolve") for n in (1, 4)}
+    for p in cpu:
+        assert p["seconds"] > 0 and p["samples_per_second"] == pytest.approx(p["batch"] / p["seconds"])
+        assert p["oracle_evals"] > 0 and p["stored_floats"] > 0
+    bptt = {p["batch"]: p for p in cpu if p["estimator"] == "bptt"}
+    assert bptt[4]["oracle_evals"] == 4 * bptt[1]["oracle_evals"] == 4 * 2 * 50   # T 0.5 / dt 0.01, f + vjp
+    # a tiny memory budget skips every batch size after the first, and says why
+    small = throughput.main(["--smoke", "--estimators", "bptt", "--devices", "cpu", "--max-memory-gb", "1e-6",
+                             "--out", str(tmp_path)])
+    assert [p["batch"] for p in small["points"]] == [1]
+    assert small["skipped"][0]["batch"] == 4 and "max_memory_gb" in small["skipped"][0]["reason"]
