@@ -24,6 +24,7 @@ Writes <out>/throughput_<env>.json and .png.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 
@@ -149,6 +150,7 @@ def sweep(cfg: Config, device: str) -> tuple[list, list]:
 
 
 def run(cfg: Config) -> dict:
+    load_before = load_average()
     points, skipped, devices = [], [], {}
     for device in cfg.devices:
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -159,7 +161,17 @@ def run(cfg: Config) -> dict:
         points += found
         skipped += left
     return dict(config=dataclasses.asdict(cfg), devices=devices, torch=torch.__version__,
-                threads=cfg.threads, points=points, skipped=skipped)
+                threads=cfg.threads, cpu_count=os.cpu_count(), load_average=[load_before, load_average()],
+                points=points, skipped=skipped)
+
+
+def load_average():
+    """The machine's 1-minute load average (None where the OS has none): on a shared
+    machine, CPU timings mean little without it."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def cpu_name() -> str:
@@ -213,6 +225,7 @@ def print_summary(result: dict):
         print(f"skipped {s['device']} {s['estimator']} N={s['batch']}: {s['reason']}")
     for device, name in result["devices"].items():
         print(f"{device}: {name}")
+    print(f"load average (1 min) before and after: {result['load_average']} on {result['cpu_count']} CPUs")
 
 
 def main(argv=None) -> dict:
