@@ -224,7 +224,7 @@ def run_sweep(parser, args) -> int:
     fixed = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "env"}
     try:
         grid = sweep.parse_grid(args.grid)
-        runner = tasks.runner_from_args(args)
+        runner = tasks.runner_from_args(args, fixed.get("device", "cpu"))
     except (ConfigError, RuntimeError) as err:
         parser.error(str(err))
     out = args.out or f"runs/sweep__{args.env}__{time.strftime('%Y%m%d-%H%M%S')}"

@@ -25,8 +25,9 @@ the steps its own samples need, which is as accurate but not bitwise the same.
 Backend: gloo for CPU tensors; on a machine with CUDA, "cpu:gloo,cuda:nccl" (gradients of
 a CUDA run go through NCCL, one GPU per process: device "cuda" becomes cuda:LOCAL_RANK).
 Cost per iteration beyond the shard's estimate: drawing the whole batch on every rank,
-one all_reduce of the P parameters' gradients and two of a few numbers. A rank that dies
-makes the others raise (gloo at once, NCCL after `TIMEOUT`).
+one all_reduce of the P parameters' gradients and three of a few numbers (counts and
+costs, maxima, the stop decision). A rank that dies makes the others raise (gloo at
+once, NCCL after `TIMEOUT`).
 """
 from __future__ import annotations
 

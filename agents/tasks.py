@@ -7,7 +7,7 @@ Results come back in the order of the tasks, whichever finished first, so a swee
 benchmark builds the same JSON from either runner. A task is a module-level function
 and keyword arguments that pickle; on Ray each task runs in a worker process with
 `num_cpus` CPUs reserved (default 1), so a local Ray runs as many tasks at once as the
-machine has cores. The workers import this package: on a cluster it must be installed
+machine has cores (runs on CUDA reserve a GPU each instead of sharing one). The workers import this package: on a cluster it must be installed
 on every node (the same version), and the files a task writes land on the node that
 ran it (give a shared folder for run directories there).
 
@@ -37,9 +37,9 @@ class RayRunner:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: float = 1):
+    def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0):
         self.ray = require_ray()
-        self.address, self.num_cpus = address, num_cpus
+        self.address, self.num_cpus, self.num_gpus = address, num_cpus, num_gpus
 
     def map(self, fn, tasks: list[dict]) -> list:
         ray = self.ray
@@ -47,7 +47,7 @@ class RayRunner:
         if started:
             ray.init(address=self.address, include_dashboard=False, logging_level="WARNING")
         try:
-            remote = ray.remote(num_cpus=self.num_cpus)(_call)
+            remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(_call)
             refs = [remote.remote(fn, task) for task in tasks]
             ray.wait(refs, num_returns=len(refs))          # let every task finish before raising
             return ray.get(refs)
@@ -69,10 +69,12 @@ def require_ray():
     return ray
 
 
-def make_runner(ray: bool = False, address: str | None = None):
-    """SerialRunner, or RayRunner when `ray` is set or an `address` is given."""
+def make_runner(ray: bool = False, address: str | None = None, device: str = "cpu"):
+    """SerialRunner, or RayRunner when `ray` is set or an `address` is given. For runs on
+    `device` cuda each Ray task reserves a whole GPU (Ray hides the GPUs from tasks that
+    reserve none), so a cluster runs as many at once as it has GPUs."""
     if ray or address:
-        return RayRunner(address or None)
+        return RayRunner(address or None, num_gpus=1 if str(device).startswith("cuda") else 0)
     return SerialRunner()
 
 
@@ -86,6 +88,6 @@ def add_arguments(parser) -> None:
                              "ray://HOST:10001); ctpg must be installed on its nodes")
 
 
-def runner_from_args(args):
+def runner_from_args(args, device: str = "cpu"):
     """make_runner from parsed --ray / --ray-address (RuntimeError if Ray is missing)."""
-    return make_runner(getattr(args, "ray", False), getattr(args, "ray_address", None))
+    return make_runner(getattr(args, "ray", False), getattr(args, "ray_address", None), device)

@@ -48,6 +48,7 @@ def parse_config_and_runner(cls, argv, prog: str, doc: str, presets: dict, prese
 
 def _parse(cls, argv, prog, doc, presets, preset_help, with_runner: bool):
     from agents import tasks
+    from agents.config import ConfigError, validate_device
     parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if with_runner:
@@ -70,20 +71,27 @@ def _parse(cls, argv, prog, doc, presets, preset_help, with_runner: bool):
         else:
             parser.add_argument(flag, dest=field.name, type=type(default), default=argparse.SUPPRESS,
                                 help=text)
-    args = parser.parse_args(argv)
-    given = vars(args)
-    runner = None
-    if with_runner:
-        try:
-            runner = tasks.make_runner(given.pop("ray"), given.pop("ray_address"))
-        except RuntimeError as err:
-            parser.error(str(err))
+    given = vars(parser.parse_args(argv))
+    ray, address = (given.pop("ray"), given.pop("ray_address")) if with_runner else (False, None)
     chosen = [name for name in presets if given.pop(name)]
     if len(chosen) > 1:
         parser.error(f"choose at most one of {', '.join('--' + c for c in chosen)}")
     values = dict(presets[chosen[0]]) if chosen else {}
     values.update({k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
-    return cls(**values), (chosen[0] if chosen else "default"), runner
+    cfg = cls(**values)
+    device = getattr(cfg, "device", "cpu")
+    if not address:             # a remote cluster may have the GPUs this machine lacks
+        try:
+            validate_device(device)
+        except ConfigError as err:
+            parser.error(str(err))
+    runner = None
+    if with_runner:
+        try:
+            runner = tasks.make_runner(ray, address, device)
+        except RuntimeError as err:
+            parser.error(str(err))
+    return cfg, (chosen[0] if chosen else "default"), runner
 
 
 @contextlib.contextmanager

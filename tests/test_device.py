@@ -40,6 +40,17 @@ def test_devices_torch_cannot_use_are_refused_with_the_fix():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="sees no CUDA device"):
             agents.resolve_config("lqr", device="cuda")
+        from benchmarks import pareto
+        with pytest.raises(SystemExit) as exit_info:
+            pareto.main(["--smoke", "--device", "cuda"])
+        assert exit_info.value.code == 2
+
+
+def test_ray_tasks_of_cuda_runs_reserve_a_gpu_each():
+    pytest.importorskip("ray")
+    from agents import tasks
+    assert tasks.make_runner(ray=True, device="cuda").num_gpus == 1
+    assert tasks.make_runner(ray=True, device="cpu").num_gpus == 0
 
 
 # ------------------------------------------------------------------ CUDA only
