@@ -4,8 +4,9 @@
     result = agents.train(env="diffdrive", estimator="ctpg", iters=300, logdir="runs/dd", seed=0)
     result.policy, result.history, result.run_dir
     policy = agents.load_policy("runs/dd")      # later: the trained policy, ready to call
+    agents.train(env="diffdrive", batch_size=4096, nproc=2)   # data-parallel (agents.distributed)
 
-The command line (`ctpg train`, `ctpg bench`) is agents/cli.py; per-environment
+The command line (`ctpg train`, `ctpg eval`, `ctpg sweep`, `ctpg bench`) is agents/cli.py; per-environment
 defaults live in agents/config.py; TensorBoard tags in agents/logging.py (TAGS).
 """
 from agents.config import ENV_DEFAULTS, TrainConfig, resolve_config

@@ -5,6 +5,7 @@ the same tuples in agents/config.py).
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -12,25 +13,36 @@ import torch
 from agents.config import ConfigError, TrainConfig
 
 
-def make_system(config: TrainConfig, **env_kwargs):
-    """envs.make(config.env); raises ConfigError listing the known names if unknown."""
+def make_system(config: TrainConfig, device: str | None = None, **env_kwargs):
+    """envs.make(config.env) on `device` (default: config.device); raises ConfigError
+    listing the known names if the environment is unknown."""
     import envs
     if config.env == "custom":
         raise ConfigError("this run trained a custom system, not one of envs.names(); pass the "
                           "same system again (system=...) to resume or evaluate it")
+    if "device" in env_kwargs:
+        raise ConfigError("give the device as the training setting device= (--device), not in env_kwargs")
     try:
-        return envs.make(config.env, **env_kwargs)
+        return envs.make(config.env, device=device or config.device, **env_kwargs)
     except KeyError as err:
         raise ConfigError(err.args[0]) from None
 
 
 def make_estimator(config: TrainConfig):
-    """ctpg.CTPG / ctpg.Backsolve (method, rtol, atol) or ctpg.BPTT (dt, bptt_method)."""
+    """ctpg.CTPG / ctpg.Backsolve (method, rtol, atol, or fixed steps solver_dt; per_sample
+    where the estimator has that option) or ctpg.BPTT (dt, bptt_method). Raises ConfigError
+    for per_sample on an estimator without it."""
     import ctpg
     if config.estimator == "bptt":
         return ctpg.BPTT(dt=config.dt, method=config.bptt_method)
     cls = ctpg.CTPG if config.estimator == "ctpg" else ctpg.Backsolve
-    return cls(method=config.method, rtol=config.rtol, atol=config.atol)
+    kwargs = dict(method=config.method, rtol=config.rtol, atol=config.atol, dt=config.solver_dt)
+    if config.per_sample:
+        if "per_sample" not in inspect.signature(cls).parameters:
+            raise ConfigError(f"per_sample=True needs ctpg.{cls.__name__}(per_sample=...), which this version "
+                              "of ctpg does not have; drop per_sample (--no-per-sample)")
+        kwargs["per_sample"] = True
+    return cls(**kwargs)
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:

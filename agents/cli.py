@@ -1,8 +1,10 @@
-"""The `ctpg` command line: `ctpg train ...`, `ctpg eval ...` and `ctpg bench ...`.
+"""The `ctpg` command line: `ctpg train ...`, `ctpg eval ...`, `ctpg sweep ...` and `ctpg bench ...`.
 
     ctpg train                                   # differential drive, CTPG, per-env defaults
     ctpg train --env lqr --estimator bptt --dt 0.05 --iters 200 --logdir runs/lqr
     ctpg train --logdir runs/lqr --resume --iters 400
+    ctpg train --env diffdrive --batch-size 256 --nproc 2        # data-parallel, 2 processes
+    ctpg sweep --env lqr --iters 50 --grid lr=1e-2,3e-3 --seeds 0 1 --out runs/sweep [--ray]
     ctpg eval --logdir runs/lqr --episodes 5 --video lqr.gif
     ctpg bench pareto --env lqr --out results/
     ctpg --version                               # also: python -m ctpg
@@ -28,6 +30,7 @@ BENCHMARKS = {
     "learning": "benchmarks.learning",
     "backsolve-failure": "benchmarks.backsolve_failure",
     "torchdiffeq": "benchmarks.torchdiffeq_compare",
+    "throughput": "benchmarks.throughput",
 }
 # Fields whose option is written by hand (env: checked against the registry).
 _SPECIAL = {"env"}
@@ -108,6 +111,34 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --logdir from its checkpoint (its settings are kept; "
                         "only budgets and logging intervals may change)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel in N processes on this machine, each on its shard of "
+                        "every batch (gloo on CPU, NCCL on CUDA); under torchrun leave it out: the "
+                        "processes are torchrun's (default: 1)")
+    p.set_defaults(command_parser=p)
+
+
+def _sweep_parser(sub) -> None:
+    from agents import tasks
+    p = sub.add_parser(
+        "sweep", help="train over a grid of settings and seeds (serially or as Ray tasks)",
+        prog="ctpg sweep", usage="%(prog)s [--env NAME] [--grid KEY=V1,V2 ...] [--seeds S ...] [--out DIR] "
+                                 "[--ray | --ray-address ADDRESS] [training options]",
+        description="Train one run per grid point and seed, each in <out>/<point>, and write "
+                    "<out>/sweep.json and sweep.csv with every point's final evaluation. Training "
+                    "options (those of `ctpg train`) hold for every point; --grid varies one of them.")
+    p.add_argument("--env", type=_env_name, default="diffdrive", help="environment name (default: diffdrive)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a training setting and its values, e.g. lr=1e-2,3e-3 or estimator=ctpg,bptt "
+                        "(hidden widths joined by x: hidden=32,64x64); repeat for a product grid")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S", help="seeds of every point (default: 0)")
+    p.add_argument("--out", default=None, help="folder of the runs and the summary "
+                                               "(default: runs/sweep__<env>__<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the points that already have a checkpoint in --out")
+    tasks.add_arguments(p)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in _SPECIAL | {"seed", "quiet"}:
+            _add_field(p, f)
     p.set_defaults(command_parser=p)
 
 
@@ -141,24 +172,30 @@ def _eval_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ctpg import __version__
-    parser = argparse.ArgumentParser(prog="ctpg", usage="ctpg [--version] {train,eval,bench} ...",
+    parser = argparse.ArgumentParser(prog="ctpg", usage="ctpg [--version] {train,eval,sweep,bench} ...",
                                      description="Continuous-time policy gradients: train policies, "
                                                  "evaluate them and run benchmarks.")
     parser.add_argument("--version", action="version", version=f"ctpg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,sweep,bench}")
     _train_parser(sub)
     _eval_parser(sub)
+    _sweep_parser(sub)
     _bench_parser(sub)
     return parser
 
 
 def run_train(parser, args) -> int:
+    from agents.distributed import launched_by_torchrun
     from agents.trainer import train
     overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("command", "command_parser", "logdir", "resume")}
+                 if k not in ("command", "command_parser", "logdir", "resume", "nproc")}
     env, estimator = overrides.pop("env", None), overrides.pop("estimator", None)
+    if args.nproc != 1 and launched_by_torchrun():
+        parser.error("--nproc with torchrun: torchrun starts the processes (--nproc-per-node); drop --nproc")
+    if args.nproc < 1:
+        parser.error(f"--nproc must be at least 1, got {args.nproc}")
     try:
-        result = train(env, estimator, logdir=args.logdir, resume=args.resume, **overrides)
+        result = train(env, estimator, logdir=args.logdir, resume=args.resume, nproc=args.nproc, **overrides)
     except ConfigError as err:
         parser.error(str(err))
     if result.status == "interrupted":
@@ -178,6 +215,28 @@ def run_eval(parser, args) -> int:
         parser.error(str(err))
     print(format_report(out))
     return 0
+
+
+def run_sweep(parser, args) -> int:
+    import time
+
+    from agents import sweep, tasks
+    fixed = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "env"}
+    try:
+        grid = sweep.parse_grid(args.grid)
+        runner = tasks.runner_from_args(args, fixed.get("device", "cpu"))
+    except (ConfigError, RuntimeError) as err:
+        parser.error(str(err))
+    out = args.out or f"runs/sweep__{args.env}__{time.strftime('%Y%m%d-%H%M%S')}"
+    estimator = fixed.pop("estimator", "ctpg")
+    try:
+        summary = sweep.sweep(args.env, estimator, fixed, grid, args.seeds, out, runner, resume=args.resume)
+    except ConfigError as err:
+        parser.error(str(err))
+    print(sweep.table(summary))
+    print(f"wrote {out}/{sweep.SUMMARY_JSON} and {out}/{sweep.SUMMARY_CSV} ({len(summary['points'])} runs, "
+          f"{runner.name}, {summary['wall_time']:.1f} s)")
+    return 0 if all(row["status"] in ("completed", "budget") for row in summary["points"]) else 1
 
 
 def run_bench(parser, args, extra: list[str]) -> int:
@@ -207,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:
-        parser.error("choose a command: train, eval or bench (try `ctpg train --help`)")
+        parser.error("choose a command: train, eval, sweep or bench (try `ctpg train --help`)")
     if extra and args.command != "bench":
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
@@ -215,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_train(args.command_parser, args)
         if args.command == "eval":
             return run_eval(args.command_parser, args)
+        if args.command == "sweep":
+            return run_sweep(args.command_parser, args)
         return run_bench(args.command_parser, args, extra)
     except KeyboardInterrupt:   # a second Ctrl-C during training, or one outside the loop
         print("[ctpg] aborted; a training run keeps its last checkpoint (resume with --resume)",

@@ -42,6 +42,11 @@ class TrainConfig:
     dt: float = _opt(0.01, "fixed Euler step of bptt")
     bptt_method: str = _opt("euler", "fixed-step scheme of bptt (semi-implicit-euler: the symplectic Euler of "
                                      "simulators, for systems with position_velocity)", choices=BPTT_METHODS)
+    solver_dt: float | None = _opt(None, "fixed step of the ctpg/backsolve solves instead of adaptive "
+                                         "steps at rtol/atol (none: adaptive)")
+    per_sample: bool = _opt(False, "ctpg/backsolve: every sample takes its own adaptive steps (needs an "
+                                   "estimator with a per_sample option), so a sample's gradient does "
+                                   "not depend on the batch it shares")
     optimizer: str = _opt("adam", "torch optimiser", choices=OPTIMIZERS)
     lr: float = _opt(1e-3, "learning rate")
     momentum: float = _opt(0.9, "momentum of sgd (and rmsprop)")
@@ -69,6 +74,8 @@ class TrainConfig:
     max_wall_time: float | None = _opt(None, "stop after this many seconds of wall-clock time")
     max_bad_steps: int = _opt(10, "stop after this many non-finite losses or gradients in a row")
     seed: int = _opt(0, "seed of the policy initialisation and the training batches")
+    device: str = _opt("cpu", "torch device of the system, policy and solves: cpu, cuda or cuda:N "
+                              "(with several processes, cuda gives each process cuda:LOCAL_RANK)")
     threads: int = _opt(1, "torch CPU threads during the run (0: torch's default); small policies "
                            "run fastest on one, and far slower on a shared, busy machine with more")
     log_every: int | None = _opt(None, "when stderr is not a terminal (CI, nohup, a pipe): print a "
@@ -165,9 +172,26 @@ def validate(config: TrainConfig) -> None:
                  "threads"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
-    for name in ("horizon", "clip", "max_oracle_evals", "max_wall_time", "log_every"):
+    for name in ("horizon", "clip", "max_oracle_evals", "max_wall_time", "log_every", "solver_dt"):
         value = getattr(config, name)
         if value is not None and not value > 0:
             raise ConfigError(f"{name} must be positive (or unset), got {value!r}")
     if any(w <= 0 for w in config.hidden):
         raise ConfigError(f"hidden widths must be positive, got {config.hidden}")
+    validate_device(config.device)
+
+
+def validate_device(device: str) -> None:
+    """Raise ConfigError unless `device` names a torch device this machine has."""
+    import torch
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r}: training runs on cpu or cuda, not {parsed.type}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but torch sees no CUDA device (torch {torch.__version__}); "
+                          "install a CUDA build of torch on a GPU machine, or use device=cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")

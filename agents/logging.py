@@ -125,6 +125,31 @@ class RunLogger:
         self._file.close()
 
 
+class NullLogger:
+    """RunLogger's interface, writing nothing: the logger of ranks other than 0 in a
+    data-parallel run (rank 0 writes the run's logs)."""
+
+    def scalars(self, step: int, values: dict) -> None:
+        unknown = [tag for tag in values if tag not in TAGS]
+        if unknown:
+            raise ValueError(f"tag(s) {unknown} are not in agents.logging.TAGS")
+
+    def hparams(self, config: dict) -> None:
+        pass
+
+    def hparams_with_metrics(self, config: dict, metrics: dict) -> None:
+        pass
+
+    def figure(self, step: int, fig) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _truncate_csv(path: Path, last_step: int) -> None:
     """Keep the header and the rows with step <= last_step; rewrite atomically."""
     with open(path, newline="") as handle:

@@ -30,7 +30,7 @@ def _xy_paths(ax, states, ix: int = 0, iy: int = 1, target=(0.0, 0.0)):
 
 
 def _vs_time(ax, times, values, label: str):
-    ax.plot(times, values[:, :MAX_PATHS], lw=1)
+    ax.plot(times.cpu(), values[:, :MAX_PATHS], lw=1)   # a rollout on cuda keeps its grid there
     ax.set_xlabel("t")
     ax.set_ylabel(label)
 

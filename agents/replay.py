@@ -25,17 +25,18 @@ from agents.evaluation import heldout_states, metrics, rollout
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
-def load_run(run_dir, system=None):
+def load_run(run_dir, system=None, device: str = "cpu"):
     """(config, system, policy) of the run in `run_dir`, the policy in eval mode with
-    its trained parameters. `system` replaces the one rebuilt from the checkpoint
-    (needed for a run on a custom system). Raises FileNotFoundError without a
-    checkpoint, ConfigError when the policy cannot be rebuilt."""
+    its trained parameters, both on `device` (default cpu, whichever device the run
+    trained on). `system` replaces the one rebuilt from the checkpoint (needed for a
+    run on a custom system). Raises FileNotFoundError without a checkpoint,
+    ConfigError when the policy cannot be rebuilt."""
     from agents.trainer import build_policy
     payload = ckpt.load_checkpoint(run_dir)
     saved = {**TrainConfig().to_dict(), **payload["config"]}
     config = TrainConfig(**{**saved, "hidden": tuple(saved["hidden"])})
     if system is None:
-        system = make_system(config, **payload.get("env_kwargs", {}))
+        system = make_system(config, device=device, **payload.get("env_kwargs", {}))
     policy = build_policy(config, system)
     try:
         policy.load_state_dict(payload["policy"])
@@ -47,11 +48,11 @@ def load_run(run_dir, system=None):
     return config, system, policy
 
 
-def load_policy(run_dir, system=None) -> torch.nn.Module:
+def load_policy(run_dir, system=None, device: str = "cpu") -> torch.nn.Module:
     """The trained policy of the run in `run_dir`, ready to call on states [N, d] in the
-    system's dtype (float64 by default); its actions already lie inside the system's
-    bounds (the trainer's squash head). See `load_run` for the arguments and errors."""
-    return load_run(run_dir, system)[2]
+    system's dtype (float64 by default) on `device`; its actions already lie inside the
+    system's bounds (the trainer's squash head). See `load_run` for the arguments and errors."""
+    return load_run(run_dir, system, device)[2]
 
 
 def act(policy, observation: np.ndarray, system) -> np.ndarray:

@@ -59,11 +59,14 @@ def report(result: TrainResult) -> None:
           file=sys.stderr)
 
 
-def interrupted_line(result: TrainResult) -> str:
-    """One line: where an interrupted run stopped and the exact command that resumes it."""
+def interrupted_line(result: TrainResult, nproc: int = 1) -> str:
+    """One line: where an interrupted run stopped and the exact command that resumes it
+    (with --nproc for a data-parallel run)."""
     import shlex
+    procs = f" --nproc {nproc}" if nproc > 1 else ""
     return (f"[ctpg] interrupted at iteration {result.step} of {result.config.iters}; checkpoint saved "
-            f"in {result.run_dir}; resume with: ctpg train --logdir {shlex.quote(str(result.run_dir))} --resume")
+            f"in {result.run_dir}; resume with: ctpg train --logdir {shlex.quote(str(result.run_dir))} "
+            f"--resume{procs}")
 
 
 def default_run_dir(config: TrainConfig, root: str = "runs") -> Path:

@@ -66,7 +66,7 @@ def seeded_mlp(system, seed: int, hidden: int = 16, scale: float = 1.0):
     """state -> tanh -> action MLP with torch's default init, last layer scaled by `scale`."""
     torch.manual_seed(seed)
     mlp = torch.nn.Sequential(torch.nn.Linear(system.state_dim, hidden), torch.nn.Tanh(),
-                              torch.nn.Linear(hidden, system.action_dim)).to(system.dtype)
+                              torch.nn.Linear(hidden, system.action_dim)).to(dtype=system.dtype, device=system.device)
     with torch.no_grad():
         mlp[2].weight.mul_(scale)
         mlp[2].bias.mul_(scale)

@@ -34,8 +34,25 @@ PRESET_HELP = {"smoke": "a tiny budget that only checks the script runs (seconds
 def parse_config(cls, argv, prog: str, doc: str, presets: dict, preset_help: dict | None = None):
     """Build `cls` from argv; `presets` maps 'smoke' / 'full' to field overrides, and
     `preset_help` to what the budget means where the overrides do not say it all."""
+    cfg, budget, _ = _parse(cls, argv, prog, doc, presets, preset_help, with_runner=False)
+    return cfg, budget
+
+
+def parse_config_and_runner(cls, argv, prog: str, doc: str, presets: dict, preset_help: dict | None = None):
+    """parse_config plus --ray / --ray-address: (config, budget, runner), the runner an
+    agents.tasks one (serial unless asked) for the benchmark's independent runs. The
+    options are not config fields, so the results JSON is the same either way. Exits
+    with the install command when Ray is asked for but not installed."""
+    return _parse(cls, argv, prog, doc, presets, preset_help, with_runner=True)
+
+
+def _parse(cls, argv, prog, doc, presets, preset_help, with_runner: bool):
+    from agents import tasks
+    from agents.config import ConfigError, validate_device
     parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    if with_runner:
+        tasks.add_arguments(parser)
     docs = field_docs(cls)
     for name, values in presets.items():
         text = (preset_help or {}).get(name) or PRESET_HELP.get(name, f"budget '{name}'")
@@ -55,12 +72,26 @@ def parse_config(cls, argv, prog: str, doc: str, presets: dict, preset_help: dic
             parser.add_argument(flag, dest=field.name, type=type(default), default=argparse.SUPPRESS,
                                 help=text)
     given = vars(parser.parse_args(argv))
+    ray, address = (given.pop("ray"), given.pop("ray_address")) if with_runner else (False, None)
     chosen = [name for name in presets if given.pop(name)]
     if len(chosen) > 1:
         parser.error(f"choose at most one of {', '.join('--' + c for c in chosen)}")
     values = dict(presets[chosen[0]]) if chosen else {}
     values.update({k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
-    return cls(**values), (chosen[0] if chosen else "default")
+    cfg = cls(**values)
+    device = getattr(cfg, "device", "cpu")
+    if not address:             # a remote cluster may have the GPUs this machine lacks
+        try:
+            validate_device(device)
+        except ConfigError as err:
+            parser.error(str(err))
+    runner = None
+    if with_runner:
+        try:
+            runner = tasks.make_runner(ray, address, device)
+        except RuntimeError as err:
+            parser.error(str(err))
+    return cfg, (chosen[0] if chosen else "default"), runner
 
 
 @contextlib.contextmanager

@@ -67,6 +67,8 @@ class Config:
     """seed of the policy initialisation"""
     threads: int = 1
     """torch intra-op threads; one is fastest for these tiny tensors and keeps timings steady on a shared machine"""
+    device: str = "cpu"
+    """torch device of the system, policy and solves (cpu, cuda; one state is far too small to gain on a GPU)"""
     out: str = "results/backsolve_failure"
     """output folder (backsolve_failure.json and .png)"""
 
@@ -77,7 +79,7 @@ PRESETS = {"smoke": dict(iters=3, check_every=2), "full": dict(iters=1000, lr=1e
 def make_policy(cfg: Config) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     net = torch.nn.Sequential(torch.nn.Linear(2, cfg.hidden), torch.nn.Tanh(),
-                              torch.nn.Linear(cfg.hidden, 2)).to(torch.float64)
+                              torch.nn.Linear(cfg.hidden, 2)).to(dtype=torch.float64, device=cfg.device)
     if cfg.zero_last_layer:
         with torch.no_grad():
             net[2].weight.zero_()
@@ -223,8 +225,8 @@ def print_summary(result: dict):
 
 def run(cfg: Config) -> dict:
     """Both training runs from the same initial policy, and their summaries."""
-    system = LQR(horizon=cfg.horizon)
-    x0 = torch.tensor([cfg.x0], dtype=torch.float64)
+    system = LQR(horizon=cfg.horizon, device=cfg.device)
+    x0 = torch.tensor([cfg.x0], dtype=torch.float64, device=cfg.device)
     policy = make_policy(cfg)
     best = optimum(system, x0, cfg.horizon)
     runs = {}

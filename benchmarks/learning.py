@@ -37,6 +37,7 @@ CTPG runs with the environment's defaults unless --method / --rtol / --atol say
 otherwise (the stiff solvers for the cart-pole: see README).
 
     python -m benchmarks.learning --env diffdrive [--backsolve] [--smoke | --full] [--out DIR]
+    python -m benchmarks.learning --env diffdrive --full --ray      # the runs as Ray tasks
 
 Writes <out>/learning_<env>.json and .png; the runs go to <out>/runs/<env>__<est>__<seed>.
 """
@@ -51,7 +52,8 @@ import numpy as np
 
 import agents
 import envs
-from benchmarks._config import parse_config, publish, torch_threads
+from agents.tasks import SerialRunner
+from benchmarks._config import parse_config_and_runner, publish, torch_threads
 
 ENVS = ("diffdrive", "quadrotor", "quadrotor_realistic", "cartpole", "electric")
 BPTT_DT = {"cartpole": 0.01, "quadrotor": 0.05, "quadrotor_realistic": 0.05, "electric": 0.03}
@@ -86,6 +88,8 @@ class Config:
     """also train with Backsolve (CTPG's tolerances); a run that diverges is reported as such"""
     threads: int = 1
     """torch intra-op threads of every run"""
+    device: str = "cpu"
+    """torch device of every run (cpu, cuda)"""
     out: str = "results/learning"
     """output folder (learning_<env>.json and .png, runs/)"""
 
@@ -100,7 +104,7 @@ def train_one(cfg: Config, estimator: str, seed: int, **overrides) -> dict:
         shutil.rmtree(run_dir)
     overrides["eval_every"] = cfg.eval_every or max(1, overrides["iters"] // cfg.eval_points)
     result = agents.train(env=cfg.env, estimator=estimator, seed=seed, logdir=run_dir, quiet=True,
-                          figure_every=0, threads=cfg.threads, **overrides)
+                          figure_every=0, threads=cfg.threads, device=cfg.device, **overrides)
     metric = LEARNED.get(cfg.env, (None,))[0]
     history = [dict(step=h["step"], oracle_total_cum=h["oracle_total_cum"], sim_calls_cum=h["sim_calls_cum"],
                     wall_time=h["wall_time"], cost=h["cost"], **({metric: h[metric]} if metric else {}))
@@ -114,27 +118,46 @@ def train_one(cfg: Config, estimator: str, seed: int, **overrides) -> dict:
                 dt=result.config.dt, history=history)
 
 
-def train_seed(cfg: Config, seed: int, iters: int, dt: float | None) -> dict:
-    """CTPG, then BPTT (on CTPG's budget where the floor asks; with dt None, at the dt
-    matched to this CTPG run's mean cost per iteration), then optionally Backsolve."""
-    ctpg_settings = {k: v for k, v in (("method", cfg.method), ("rtol", cfg.rtol), ("atol", cfg.atol)) if v}
-    runs = {"ctpg": train_one(cfg, "ctpg", seed, iters=iters, **ctpg_settings)}
+def matched_dt(cfg: Config, ctpg_run: dict) -> float:
+    """BPTT's Euler step matched to a CTPG run's mean evaluations per iteration: BPTT-Euler
+    costs one f and one vjp per state and Euler step."""
     batch, T = agents.resolve_config(cfg.env).batch_size, horizon(cfg.env)
-    # BPTT-Euler costs one f and one vjp per state and Euler step
-    if dt is None:
-        dt = T / max(1, math.ceil(runs["ctpg"]["mean_iteration_evals"] / (2 * batch)))
+    return T / max(1, math.ceil(ctpg_run["mean_iteration_evals"] / (2 * batch)))
+
+
+def bptt_settings(cfg: Config, ctpg_run: dict, iters: int, dt: float) -> dict:
+    """BPTT's iterations and step; on CTPG's oracle budget where the floor asks for it."""
     bptt = dict(iters=iters, dt=dt, bptt_method=BPTT_METHOD.get(cfg.env, "euler"))
     if cfg.env in EQUAL_BUDGET:
-        budget = runs["ctpg"]["oracle_total"]
+        batch, T = agents.resolve_config(cfg.env).batch_size, horizon(cfg.env)
+        budget = ctpg_run["oracle_total"]
         euler_steps = math.ceil(T / dt - 1e-9)
         bptt.update(max_oracle_evals=budget, iters=max(1, math.ceil(budget / (2 * batch * euler_steps))))
-    runs["bptt"] = train_one(cfg, "bptt", seed, **bptt)
-    if cfg.backsolve:
-        runs["backsolve"] = train_one(cfg, "backsolve", seed, iters=iters)
-    first = {name: run["history"][0]["cost"] for name, run in runs.items()}
-    if len(set(first.values())) != 1:
-        raise RuntimeError(f"seed {seed}: the estimators' evaluations at iteration 0 differ ({first}); "
-                           "the policy initialisation or held-out states are not shared")
+    return bptt
+
+
+def train_all(cfg: Config, iters: int, dt: float | None, runner) -> dict:
+    """Every estimator on every seed: CTPG (and Backsolve) first, then BPTT, on CTPG's
+    budget where the floor asks and, with dt None, at the step matched to seed 0's CTPG
+    run. The runs are independent within each phase, so `runner` (agents.tasks) may run
+    them as Ray tasks; the results are the same either way (wall-clock aside)."""
+    seeds = list(range(cfg.seeds))
+    first = ["ctpg"] + (["backsolve"] if cfg.backsolve else [])
+    print(f"{cfg.env}: training {', '.join(first)} on {len(seeds)} seed(s) ({runner.name})")
+    settings = {k: v for k, v in (("method", cfg.method), ("rtol", cfg.rtol), ("atol", cfg.atol)) if v}
+    done = runner.map(train_one, [dict(cfg=cfg, estimator=e, seed=s, iters=iters, **settings)
+                                  for s in seeds for e in first])
+    by_name = {e: done[j::len(first)] for j, e in enumerate(first)}
+    dt = dt or matched_dt(cfg, by_name["ctpg"][0])
+    print(f"{cfg.env}: training bptt (dt {dt:g}) on {len(seeds)} seed(s)")
+    bptt = runner.map(train_one, [dict(cfg=cfg, estimator="bptt", seed=s, **bptt_settings(cfg, by_name["ctpg"][s], iters, dt))
+                                  for s in seeds])
+    runs = {"ctpg": by_name["ctpg"], "bptt": bptt, **({"backsolve": by_name["backsolve"]} if cfg.backsolve else {})}
+    for s in seeds:
+        first_costs = {name: r[s]["history"][0]["cost"] for name, r in runs.items()}
+        if len(set(first_costs.values())) != 1:
+            raise RuntimeError(f"seed {s}: the estimators' evaluations at iteration 0 differ ({first_costs}); "
+                               "the policy initialisation or held-out states are not shared")
     return runs
 
 
@@ -270,17 +293,12 @@ def print_summary(result: dict):
     print(f"  -> {({None: 'REPORTED (no floor)', True: 'HOLDS', False: 'FAILS'})[f['holds']]}")
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, runner=None) -> dict:
     defaults = agents.resolve_config(cfg.env)
     iters = cfg.iters or defaults.iters
     dt = cfg.bptt_dt or BPTT_DT.get(cfg.env)          # None: matched on seed 0, then kept
-    per_seed = []
-    for seed in range(cfg.seeds):
-        print(f"{cfg.env} seed {seed}: training ctpg, bptt (dt {'matched' if dt is None else f'{dt:g}'})"
-              + (", backsolve" if cfg.backsolve else ""))
-        per_seed.append(train_seed(cfg, seed, iters, dt))
-        dt = per_seed[-1]["bptt"]["dt"]
-    runs = {name: [s[name] for s in per_seed] for name in per_seed[0]}
+    runs = train_all(cfg, iters, dt, runner or SerialRunner())
+    dt = runs["bptt"][0]["dt"]
     summary = {name: summarise(r) for name, r in runs.items()}
     method = cfg.method or defaults.method
     bptt_name = "BPTT-" + ("semi-implicit Euler" if cfg.env in BPTT_METHOD else "Euler")
@@ -293,11 +311,12 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv=None) -> dict:
-    cfg, budget = parse_config(Config, argv, "ctpg bench learning", __doc__.split("\n\n")[0], PRESETS)
+    cfg, budget, runner = parse_config_and_runner(Config, argv, "ctpg bench learning", __doc__.split("\n\n")[0],
+                                                  PRESETS)
     if cfg.env not in ENVS:
         raise SystemExit(f"unknown environment {cfg.env!r} for this benchmark; choose one of: {', '.join(ENVS)}")
     with torch_threads(cfg.threads):
-        result = dict(budget=budget, **run(cfg))
+        result = dict(budget=budget, **run(cfg, runner))
     publish(cfg.out, f"learning_{cfg.env}", result, plot, print_summary)
     return result
 

@@ -12,6 +12,7 @@ stops with a RuntimeError if they disagree.
 
     python -m benchmarks.pareto --env lqr [--gain perturbed|stiff] [--smoke | --full] [--out DIR]
     python -m benchmarks.pareto --env cartpole --policy RUN_DIR     # a trained policy
+    python -m benchmarks.pareto --env diffdrive --full --ray        # the states as Ray tasks
 
 `--gain stiff` is an LQR whose closed loop has eigenvalues -1 and -500 (a rotated
 high-gain affine policy u = -Kx + b, K and b in theta) over T = 2; `--policy` evaluates the
@@ -44,7 +45,8 @@ import envs
 from benchmarks._common import (AffinePolicy, FeedbackPlusMLP, LinearPolicy, floors, inner_squash,
                                 linearised_lqr_gain, median_curves, plot, print_summary, seeded_mlp,
                                 solver_floors)
-from benchmarks._config import parse_config, publish, torch_threads
+from agents.tasks import SerialRunner
+from benchmarks._config import parse_config_and_runner, publish, torch_threads
 
 
 @dataclasses.dataclass
@@ -61,6 +63,8 @@ class Config:
     """initial states, every setting run once per state (0: 1 for --smoke, 3 by default, 8 for --full, 5 for the quadrotor's --full)"""
     seed: int = 0
     """seed of the policy (MLP initialisation, LQR gain perturbation); the initial states use seed + 1"""
+    device: str = "cpu"
+    """torch device of the system, policy and estimates (cpu, cuda)"""
     out: str = "results/pareto"
     """output folder"""
 
@@ -123,19 +127,20 @@ def make_policy(system, cfg: Config):
     """
     if cfg.policy:
         import agents
-        policy = agents.load_policy(cfg.policy)
+        policy = agents.load_policy(cfg.policy, device=cfg.device)
         for p in policy.parameters():
             p.requires_grad_(True)
         return policy
     if cfg.env == "lqr" and cfg.gain == "stiff":
-        rotation = torch.tensor([[0.8, -0.6], [0.6, 0.8]], dtype=system.dtype)
-        K = rotation @ torch.diag(torch.tensor([1.0, STIFF_GAIN], dtype=system.dtype)) @ rotation.T
-        return AffinePolicy(K, torch.tensor([0.5, -0.3], dtype=system.dtype))
+        like = dict(dtype=system.dtype, device=system.device)
+        rotation = torch.tensor([[0.8, -0.6], [0.6, 0.8]], **like)
+        K = rotation @ torch.diag(torch.tensor([1.0, STIFF_GAIN], **like)) @ rotation.T
+        return AffinePolicy(K, torch.tensor([0.5, -0.3], **like))
     if cfg.env == "lqr":
         K = system.optimal_gain()
         if cfg.gain == "perturbed":
             gen = torch.Generator().manual_seed(cfg.seed)
-            K = K + 0.5 * torch.randn(K.shape, generator=gen, dtype=system.dtype)
+            K = K + 0.5 * torch.randn(K.shape, generator=gen, dtype=system.dtype).to(K.device)
         return LinearPolicy(K)
     mlp = seeded_mlp(system, cfg.seed, scale=0.2 if cfg.env == "cartpole" else 1.0)
     if hasattr(system, "hover_action"):
@@ -185,7 +190,7 @@ def check_against_finite_differences(estimator, system, policy, x0, theta, gx=No
     params = list(policy.parameters())
     g = theta if gx is None else torch.cat([gx, theta])
     n_x = 0 if gx is None else gx.numel()
-    random = torch.randn(g.shape, generator=torch.Generator().manual_seed(seed), dtype=g.dtype)
+    random = torch.randn(g.shape, generator=torch.Generator().manual_seed(seed), dtype=g.dtype).to(g.device)
     for name, v in (("own", g / g.norm()), ("random", random / random.norm())):
         chunks = torch.split(v[n_x:], [p.numel() for p in params])
 
@@ -208,15 +213,19 @@ def check_against_finite_differences(estimator, system, policy, x0, theta, gx=No
               f"differences {fd:.8g}")
 
 
-def run(cfg: Config, budget: str = "default") -> dict:
-    system = envs.make(cfg.env, **({"horizon": STIFF_HORIZON} if cfg.gain == "stiff" else {}))
-    policy = make_policy(system, cfg)
-    starts = system.sample_initial_state(cfg.samples, torch.Generator().manual_seed(cfg.seed + 1))
-    records, failures = [], []
-    for i in range(cfg.samples):
+def state_records(cfg: Config, budget: str, i: int) -> tuple[list, list]:
+    """(records, failures) of every sweep point on initial state i, against that state's
+    reference gradient. Builds its own system, policy and starts (all seeded), so the
+    states are independent tasks: serial or on Ray, the records are the same (wall-clock
+    aside). Runs with one torch thread."""
+    with torch_threads(1):   # comparable wall-clock on a shared machine
+        system = envs.make(cfg.env, device=cfg.device, **({"horizon": STIFF_HORIZON} if cfg.gain == "stiff" else {}))
+        policy = make_policy(system, cfg)
+        starts = system.sample_initial_state(cfg.samples, torch.Generator().manual_seed(cfg.seed + 1))
         x0 = starts[i:i + 1]
         ref_theta, ref_x0 = reference_gradient(system, policy, x0, cfg)
         ref_full = torch.cat([ref_x0, ref_theta])
+        records, failures = [], []
         for label, points in sweeps(cfg, budget).items():
             exhausted = False   # points run coarse to fine: after MaxStepsExceeded the rest need more steps
             for setting, estimator in points:
@@ -243,7 +252,17 @@ def run(cfg: Config, budget: str = "default") -> dict:
                     sim_calls=system.counter.sim_calls,
                     wall_time=seconds, stored_floats=info.stored_floats,
                     ref_param_norm=float(ref_theta.norm()), ref_full_norm=float(ref_full.norm())))
-        print(f"state {i + 1}/{cfg.samples} done", flush=True)
+    print(f"state {i + 1}/{cfg.samples} done", flush=True)
+    return records, failures
+
+
+def run(cfg: Config, budget: str = "default", runner=None) -> dict:
+    """Every state's records (state_records), as independent tasks of `runner`
+    (agents.tasks; serial by default), gathered in the order of the states."""
+    runner = runner or SerialRunner()
+    per_state = runner.map(state_records, [dict(cfg=cfg, budget=budget, i=i) for i in range(cfg.samples)])
+    records = [r for rows, _ in per_state for r in rows]
+    failures = [f for _, rows in per_state for f in rows]
     return dict(config=dataclasses.asdict(cfg), budget=budget, records=records, failures=failures,
                 curves=median_curves(records),
                 reference="exact (Van Loan)" if cfg.env == "lqr" else f"CTPG {REFERENCE}, checked by central differences")
@@ -257,22 +276,21 @@ def weighted_evals(system, cfg: Config) -> float:
     return c.f_evals + c.vjp_evals + weight * c.jac_evals
 
 
-def parse_args(argv=None) -> tuple[Config, str]:
-    cfg, budget = parse_config(Config, argv, "ctpg bench pareto", __doc__.split("\n\n")[0], PRESETS,
-                               PRESET_HELP)
+def parse_args(argv=None) -> tuple[Config, str, object]:
+    cfg, budget, runner = parse_config_and_runner(Config, argv, "ctpg bench pareto", __doc__.split("\n\n")[0],
+                                                  PRESETS, PRESET_HELP)
     if cfg.env not in envs.names():
         raise SystemExit(f"unknown environment {cfg.env!r}; choose one of: {', '.join(envs.names())}")
     if cfg.gain not in ("optimal", "perturbed", "stiff"):
         raise SystemExit("--gain must be 'optimal', 'perturbed' or 'stiff'")
     if cfg.samples <= 0:
         cfg.samples = SAMPLES.get(f"{budget}-{cfg.env}", SAMPLES[budget])
-    return cfg, budget
+    return cfg, budget, runner
 
 
 def main(argv=None) -> dict:
-    cfg, budget = parse_args(argv)
-    with torch_threads(1):   # comparable wall-clock on a shared machine
-        result = run(cfg, budget)
+    cfg, budget, runner = parse_args(argv)
+    result = run(cfg, budget, runner)
     target = 1e-3 if cfg.env == "lqr" else 1e-2
     costs = ["oracle_evals", "weighted_evals", "wall_time", "stored_floats"]
     if any(r["sim_calls"] for r in result["records"]):

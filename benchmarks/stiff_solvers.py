@@ -52,7 +52,7 @@ def vdp(t, y):
 
 
 def vdp_jacobian(t, y):
-    J = torch.zeros(y.shape[0], 2, 2, dtype=y.dtype)
+    J = y.new_zeros(y.shape[0], 2, 2)
     J[:, 0, 1] = 1.0
     J[:, 1, 0] = -2 * MU * y[:, 0] * y[:, 1] - 1
     J[:, 1, 1] = MU * (1 - y[:, 0] ** 2)
@@ -66,7 +66,7 @@ def robertson(t, y):
 
 def robertson_jacobian(t, y):
     y1, y2, y3 = y[:, 0], y[:, 1], y[:, 2]
-    J = torch.zeros(y.shape[0], 3, 3, dtype=y.dtype)
+    J = y.new_zeros(y.shape[0], 3, 3)
     J[:, 0] = torch.stack([torch.full_like(y1, -0.04), 1e4 * y3, 1e4 * y2], 1)
     J[:, 1] = torch.stack([torch.full_like(y1, 0.04), -1e4 * y3 - 6e7 * y2, -1e4 * y2], 1)
     J[:, 2] = torch.stack([torch.zeros_like(y1), 6e7 * y2, torch.zeros_like(y1)], 1)

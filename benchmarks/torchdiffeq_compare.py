@@ -64,6 +64,8 @@ class Config:
     """seed of the initial states, the LQR perturbation and the MLP"""
     threads: int = 1
     """torch intra-op threads; one is fastest for these tiny tensors and keeps timings steady on a shared machine"""
+    device: str = "cpu"
+    """torch device of the systems, policies and solves (cpu, cuda; the clock waits for the device)"""
     out: str = "results/torchdiffeq_compare"
     """output folder (torchdiffeq_compare.json and .png)"""
 
@@ -93,11 +95,12 @@ def ctpg_gradient(problem: dict, method: str, tol: float):
 
 def lqr_problem(cfg: Config) -> dict:
     """u = -Kx = x W' with W = -K a bias-free torch.nn.Linear; exact gradient through exact_cost."""
-    system = envs.make("lqr", horizon=cfg.lqr_horizon)
+    system = envs.make("lqr", horizon=cfg.lqr_horizon, device=cfg.device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    K = system.optimal_gain() + cfg.gain_perturbation * torch.randn(2, 2, generator=gen, dtype=torch.float64)
+    noise = torch.randn(2, 2, generator=gen, dtype=torch.float64).to(cfg.device)
+    K = system.optimal_gain() + cfg.gain_perturbation * noise
     x0 = system.sample_initial_state(cfg.batch, gen)
-    policy = torch.nn.Linear(2, 2, bias=False).to(torch.float64)
+    policy = torch.nn.Linear(2, 2, bias=False).to(dtype=torch.float64, device=cfg.device)
     with torch.no_grad():
         policy.weight.copy_(-K)
     K = K.clone().requires_grad_(True)
@@ -112,9 +115,10 @@ def lqr_problem(cfg: Config) -> dict:
 
 
 def diffdrive_problem(cfg: Config) -> dict:
-    system = envs.make("diffdrive")
+    system = envs.make("diffdrive", device=cfg.device)
     torch.manual_seed(cfg.seed)
-    policy = FeatureMLP(torch.nn.Linear(7, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).to(torch.float64)
+    policy = FeatureMLP(torch.nn.Linear(7, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
+    policy = policy.to(dtype=torch.float64, device=cfg.device)
     x0 = system.sample_initial_state(cfg.batch, torch.Generator().manual_seed(cfg.seed))
     problem = dict(system=system, policy=policy, x0=x0, T=system.horizon, params=list(policy.parameters()))
     problem["reference"] = ctpg_gradient(problem, cfg.reference_method, 1e-12)[0]
@@ -126,7 +130,8 @@ def finite_difference_check(problem: dict, cfg: Config, eps: float = 1e-5) -> di
     """Directional derivatives g_ref . v against central differences of the 1e-12 cost."""
     g, params = problem["reference"], problem["params"]
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    directions = [g] + [torch.randn(g.shape, generator=gen, dtype=g.dtype) for _ in range(cfg.fd_directions - 1)]
+    directions = [g] + [torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
+                        for _ in range(cfg.fd_directions - 1)]
     estimator = ctpg.CTPG(method=cfg.reference_method, rtol=1e-12, atol=1e-12)
     theta, errors = parameters_to_vector(params).detach(), []
     for v in directions:
@@ -175,7 +180,7 @@ def torchdiffeq_gradient(problem: dict, variant: str, tol: float):
     system, x0 = problem["system"], problem["x0"]
     func = ClosedLoop(system, problem["policy"])
     y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
-    t = torch.tensor([0.0, problem["T"]], dtype=x0.dtype)
+    t = torch.tensor([0.0, problem["T"]], dtype=x0.dtype, device=x0.device)
     if variant == "direct":
         yT = torchdiffeq.odeint(func, y0, t, rtol=tol, atol=tol, method="dopri5")[-1]
     else:
@@ -196,6 +201,8 @@ def measure(problem: dict, method: str, tol: float, repeats: int) -> dict:
             grad, evals, raw = ctpg_gradient(problem, method.split("-")[1], tol)
         else:
             grad, evals, raw = torchdiffeq_gradient(problem, method, tol)
+        if grad.is_cuda:
+            torch.cuda.synchronize(grad.device)
         seconds.append(time.perf_counter() - start)
     ref = problem["reference"]
     return dict(method=method, tol=tol, rel_error=float((grad - ref).norm() / ref.norm()),

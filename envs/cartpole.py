@@ -18,6 +18,12 @@ Non-smooth spots, where derivatives are meaningless (MuJoCo itself is fine):
   |u| = 1 exactly returns half the true slope. Keep |u| < 1 (e.g. a tanh policy head).
 - The soft slider limit switches on when |p| reaches 4.8; differences across it are junk.
 Non-finite or huge (> 1e10) inputs give NaN rows: MuJoCo would silently reset them.
+
+On CUDA (`device="cuda"`) the states, actions, costs and the policy live on the GPU, but
+MuJoCo runs on the CPU: every f, vjp and Jacobian call copies its batch [N, 5] (with
+finite differences [N (2(d+k)), 5]) to the host and the accelerations back, a round trip
+that waits for the GPU. It works, and gives the CPU system's numbers, but gains nothing
+from the GPU.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ctpg.system import ControlSystem
+from envs._common import normal
 
 GYM_ACTION_BOUND = 5.0
 
@@ -69,8 +70,8 @@ class LQR(ControlSystem):
         return ((x @ self.Qf) * x).sum(-1)
 
     def sample_initial_state(self, n, generator=None):
-        noise = torch.randn(n, self.state_dim, generator=generator, dtype=self.dtype, device=self.device)
-        return self.x0_mean + self.x0_std * noise
+        noise = normal(n, [self.x0_std] * self.state_dim, generator, self.dtype, self.device)
+        return self.x0_mean + noise
 
     def exact_cost(self, K: torch.Tensor, x0: torch.Tensor, bias: torch.Tensor | None = None,
                    horizon: float | None = None) -> torch.Tensor:

@@ -116,8 +116,8 @@ def quadrotor_dynamics(x: torch.Tensor, u: torch.Tensor, prm: QuadrotorParams) -
     """dx/dt [N,12] for x [N,12] and u [N,4] = (f_t, tau_x, tau_y, tau_z); z points down."""
     ix, iy, iz = prm.inertia
     p, q, r = x[:, RATE].unbind(1)
-    accel = -(u[:, :1] / prm.mass) * thrust_axis(x[:, ANG])
-    accel = accel + torch.tensor([0.0, 0.0, prm.gravity], dtype=x.dtype, device=x.device)
+    thrust = -(u[:, :1] / prm.mass) * thrust_axis(x[:, ANG])
+    accel = torch.cat([thrust[:, :2], thrust[:, 2:] + prm.gravity], dim=1)   # no host-made tensor per call
     rate_dot = torch.stack([((iy - iz) * q * r + u[:, 1]) / ix,     # Euler's equations
                             ((iz - ix) * p * r + u[:, 2]) / iy,
                             ((ix - iy) * p * q + u[:, 3]) / iz], dim=1)

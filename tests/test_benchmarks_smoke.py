@@ -205,3 +205,24 @@ def test_learning_smoke_cartpole_counts_simulator_calls_and_learning(tmp_path):
         run = result["runs"][name][0]
         assert run["history"][-1]["sim_calls_cum"] > run["history"][-1]["oracle_total_cum"] > 0
         assert "upright_fraction" in run["history"][-1]
+
+
+# ---------------------------------------------------------------- benchmarks/throughput.py
+def test_throughput_smoke(tmp_path):
+    from benchmarks import throughput
+
+    result = throughput.main(["--smoke", "--out", str(tmp_path)])
+    saved = _read_outputs(tmp_path, "throughput_diffdrive")
+    assert saved["budget"] == "smoke" and set(saved["devices"]) == {"cpu", "cuda"}
+    cpu = [p for p in result["points"] if p["device"] == "cpu"]
+    assert {(p["estimator"], p["batch"]) for p in cpu} == {(e, n) for e in ("ctpg", "bptt", "backsolve") for n in (1, 4)}
+    for p in cpu:
+        assert p["seconds"] > 0 and p["samples_per_second"] == pytest.approx(p["batch"] / p["seconds"])
+        assert p["oracle_evals"] > 0 and p["stored_floats"] > 0
+    bptt = {p["batch"]: p for p in cpu if p["estimator"] == "bptt"}
+    assert bptt[4]["oracle_evals"] == 4 * bptt[1]["oracle_evals"] == 4 * 2 * 50   # T 0.5 / dt 0.01, f + vjp
+    # a tiny memory budget skips every batch size after the first, and says why
+    small = throughput.main(["--smoke", "--estimators", "bptt", "--devices", "cpu", "--max-memory-gb", "1e-6",
+                             "--out", str(tmp_path)])
+    assert [p["batch"] for p in small["points"]] == [1]
+    assert small["skipped"][0]["batch"] == 4 and "max_memory_gb" in small["skipped"][0]["reason"]
