@@ -31,6 +31,9 @@ BENCHMARKS = {
     "backsolve-failure": "benchmarks.backsolve_failure",
     "torchdiffeq": "benchmarks.torchdiffeq_compare",
     "throughput": "benchmarks.throughput",
+    "stiff-solvers": "benchmarks.stiff_solvers",
+    "per-sample": "benchmarks.per_sample",
+    "crossover": "benchmarks.crossover",
 }
 # Fields whose option is written by hand (env: checked against the registry).
 _SPECIAL = {"env"}

@@ -226,3 +226,36 @@ def test_throughput_smoke(tmp_path):
                              "--out", str(tmp_path)])
     assert [p["batch"] for p in small["points"]] == [1]
     assert small["skipped"][0]["batch"] == 4 and "max_memory_gb" in small["skipped"][0]["reason"]
+
+
+# ------------------------------------------- stiff solvers, per-sample steps, crossover
+def test_stiff_solvers_smoke(tmp_path):
+    from benchmarks import stiff_solvers
+
+    stiff_solvers.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "stiff_solvers")
+    rows = {(r["method"], r["problem"]) for r in result["rows"]}
+    assert rows == {("radau", "robertson"), ("rodas5p", "robertson")}
+    assert all(r["error"] < 1e-2 and r["cost"] > 0 for r in result["rows"])
+    assert {"robertson@0.001", "robertson@1e-06"} == set(result["floors"])
+
+
+def test_per_sample_smoke(tmp_path):
+    from benchmarks import per_sample
+
+    per_sample.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "per_sample")
+    modes = {r["mode"] for r in result["rows"]}
+    assert modes == {"shared", "per-sample"}
+    assert all(r["oracle_evals"] > 0 and r["worst_error"] >= 0 for r in result["rows"])
+
+
+def test_crossover_smoke(tmp_path):
+    from benchmarks import crossover
+
+    crossover.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "crossover")
+    assert [r["scale"] for r in result["rows"]] == [1.0, 10.0]
+    for row in result["rows"]:
+        assert row["optimal_cost"] > 0 and row["per_seed"][0]["dt"] > 0
+        assert row["time_scales_in_horizon"] == 10 * row["scale"]
