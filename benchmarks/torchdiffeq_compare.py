@@ -58,6 +58,8 @@ class Config:
     reference_method: str = "dopri5"
     """method of the rtol = atol = 1e-12 CTPG reference (diffdrive); dop853 keeps only a cubic Hermite
     spline, which floors its gradient error near 1e-8 here, dopri5 and tsit5 agree to 1e-13"""
+    hidden: tuple = (32,)
+    """diffdrive: hidden widths of the tanh MLP policy (e.g. 64 64)"""
     fd_directions: int = 2
     """diffdrive: random directions in which the reference is checked by central differences"""
     seed: int = 0
@@ -117,7 +119,9 @@ def lqr_problem(cfg: Config) -> dict:
 def diffdrive_problem(cfg: Config) -> dict:
     system = envs.make("diffdrive", device=cfg.device)
     torch.manual_seed(cfg.seed)
-    policy = FeatureMLP(torch.nn.Linear(7, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
+    widths = (7,) + tuple(cfg.hidden)
+    layers = [m for a, b in zip(widths[:-1], widths[1:]) for m in (torch.nn.Linear(a, b), torch.nn.Tanh())]
+    policy = FeatureMLP(*layers, torch.nn.Linear(widths[-1], 2))
     policy = policy.to(dtype=torch.float64, device=cfg.device)
     x0 = system.sample_initial_state(cfg.batch, torch.Generator().manual_seed(cfg.seed))
     problem = dict(system=system, policy=policy, x0=x0, T=system.horizon, params=list(policy.parameters()))
@@ -246,6 +250,13 @@ def floor_check(points: list) -> dict:
                                  ratio=None if None in (mine, theirs) else theirs / mine))
         out[f"ctpg-dopri5_below_{adjoint}"] = dict(holds=all(v["below"] is not False for v in verdicts),
                                                    per_level=verdicts)
+    # the faster-backward floor: CTPG >= 1.3x faster than autograd through odeint at 1e-4 and 1e-6
+    best_ctpg = [min((w for w in ws if w is not None), default=None)
+                 for ws in zip(walls["ctpg-dopri5"], walls["ctpg-tsit5"])]
+    speedup = {f"{e:g}": None if None in (mine, theirs) else theirs / mine
+               for e, mine, theirs in zip(LEVELS, best_ctpg, walls["direct"])}
+    out["direct_over_ctpg_wall"] = dict(per_level=speedup, holds=all(
+        speedup[k] is not None and speedup[k] >= 1.3 for k in ("0.0001", "1e-06")))
     return out
 
 
@@ -296,6 +307,10 @@ def print_summary(result: dict):
                   + ("holds" if check["holds"] else f"does NOT hold at {where[False]}")
                   + (f"; neither reaches {where[None]}" if where[None] else "")
                   + f"; wall-clock ratio {adjoint}/ctpg per level: {ratios}")
+        direct = res["floor"]["direct_over_ctpg_wall"]
+        print("  autograd through odeint over the best CTPG, wall-clock per level: "
+              + " ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in direct["per_level"].items())
+              + f"; >= 1.3 at 1e-4 and 1e-6: {'holds' if direct['holds'] else 'does NOT hold'}")
 
 
 def run(cfg: Config) -> dict:
@@ -330,7 +345,9 @@ def main(argv=None) -> dict:
                  "(or pip install torchdiffeq)")
     with torch_threads(cfg.threads):
         result = dict(budget=budget, **run(cfg))
-    publish(cfg.out, "torchdiffeq_compare", result, plot, print_summary)
+    default = cfg.batch == Config.batch and tuple(cfg.hidden) == Config.hidden
+    stem = "torchdiffeq_compare" + ("" if default else f"_b{cfg.batch}_h{'x'.join(map(str, cfg.hidden))}")
+    publish(cfg.out, stem, result, plot, print_summary)
     return result
 
 
