@@ -70,6 +70,8 @@ class Config:
     """torch device of the systems, policies and solves (cpu, cuda; the clock waits for the device)"""
     out: str = "results/torchdiffeq_compare"
     """output folder (torchdiffeq_compare.json and .png)"""
+    tag: str = ""
+    """suffix of the output files (torchdiffeq_compare_<tag>.json), e.g. to keep runs of several batch sizes"""
 
 
 PRESETS = {"smoke": dict(tolerances=(1e-3, 1e-6), repeats=1, batch=2, fd_directions=1),
@@ -345,9 +347,7 @@ def main(argv=None) -> dict:
                  "(or pip install torchdiffeq)")
     with torch_threads(cfg.threads):
         result = dict(budget=budget, **run(cfg))
-    default = cfg.batch == Config.batch and tuple(cfg.hidden) == Config.hidden
-    stem = "torchdiffeq_compare" + ("" if default else f"_b{cfg.batch}_h{'x'.join(map(str, cfg.hidden))}")
-    publish(cfg.out, stem, result, plot, print_summary)
+    publish(cfg.out, "torchdiffeq_compare" + (f"_{cfg.tag}" if cfg.tag else ""), result, plot, print_summary)
     return result
 
 
