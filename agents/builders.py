@@ -30,18 +30,19 @@ def make_system(config: TrainConfig, device: str | None = None, **env_kwargs):
 
 def make_estimator(config: TrainConfig):
     """ctpg.CTPG / ctpg.Backsolve (method, rtol, atol, or fixed steps solver_dt; per_sample
-    where the estimator has that option) or ctpg.BPTT (dt, bptt_method). Raises ConfigError
-    for per_sample on an estimator without it."""
+    and reuse_jacobians where the estimator has them) or ctpg.BPTT (dt, bptt_method).
+    Raises ConfigError for an option the estimator does not have."""
     import ctpg
     if config.estimator == "bptt":
         return ctpg.BPTT(dt=config.dt, method=config.bptt_method)
     cls = ctpg.CTPG if config.estimator == "ctpg" else ctpg.Backsolve
     kwargs = dict(method=config.method, rtol=config.rtol, atol=config.atol, dt=config.solver_dt)
-    if config.per_sample:
-        if "per_sample" not in inspect.signature(cls).parameters:
-            raise ConfigError(f"per_sample=True needs ctpg.{cls.__name__}(per_sample=...), which this version "
-                              "of ctpg does not have; drop per_sample (--no-per-sample)")
-        kwargs["per_sample"] = True
+    for option in ("per_sample", "reuse_jacobians"):       # CTPG options a Backsolve lacks
+        if getattr(config, option):
+            if option not in inspect.signature(cls).parameters:
+                raise ConfigError(f"{option}=True needs ctpg.{cls.__name__}({option}=...), which it does not "
+                                  f"have; drop it (--no-{option.replace('_', '-')}) or use the ctpg estimator")
+            kwargs[option] = True
     return cls(**kwargs)
 
 

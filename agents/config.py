@@ -47,6 +47,9 @@ class TrainConfig:
     per_sample: bool = _opt(False, "ctpg/backsolve: every sample takes its own adaptive steps (needs an "
                                    "estimator with a per_sample option), so a sample's gradient does "
                                    "not depend on the batch it shares")
+    reuse_jacobians: bool = _opt(False, "ctpg: compute the dynamics' Jacobians once per forward step and "
+                                        "interpolate them backward (no system calls in the backward pass: "
+                                        "for finite-difference simulators such as the cartpole)")
     optimizer: str = _opt("adam", "torch optimiser", choices=OPTIMIZERS)
     lr: float = _opt(1e-3, "learning rate")
     momentum: float = _opt(0.9, "momentum of sgd (and rmsprop)")

@@ -84,6 +84,8 @@ class Config:
     """CTPG's rtol (0: the environment's default)"""
     atol: float = 0.0
     """CTPG's atol (0: the environment's default)"""
+    reuse_jacobians: bool = False
+    """CTPG reads the dynamics' Jacobians from a spline of the forward pass's (no simulator calls backward)"""
     backsolve: bool = False
     """also train with Backsolve (CTPG's tolerances); a run that diverges is reported as such"""
     threads: int = 1
@@ -144,7 +146,8 @@ def train_all(cfg: Config, iters: int, dt: float | None, runner) -> dict:
     seeds = list(range(cfg.seeds))
     first = ["ctpg"] + (["backsolve"] if cfg.backsolve else [])
     print(f"{cfg.env}: training {', '.join(first)} on {len(seeds)} seed(s) ({runner.name})")
-    settings = {k: v for k, v in (("method", cfg.method), ("rtol", cfg.rtol), ("atol", cfg.atol)) if v}
+    settings = {k: v for k, v in (("method", cfg.method), ("rtol", cfg.rtol), ("atol", cfg.atol),
+                                  ("reuse_jacobians", cfg.reuse_jacobians)) if v}
     done = runner.map(train_one, [dict(cfg=cfg, estimator=e, seed=s, iters=iters, **settings)
                                   for s in seeds for e in first])
     by_name = {e: done[j::len(first)] for j, e in enumerate(first)}
@@ -300,7 +303,7 @@ def run(cfg: Config, runner=None) -> dict:
     runs = train_all(cfg, iters, dt, runner or SerialRunner())
     dt = runs["bptt"][0]["dt"]
     summary = {name: summarise(r) for name, r in runs.items()}
-    method = cfg.method or defaults.method
+    method = (cfg.method or defaults.method) + (", reused Jacobians" if cfg.reuse_jacobians else "")
     bptt_name = "BPTT-" + ("semi-implicit Euler" if cfg.env in BPTT_METHOD else "Euler")
     labels = {"ctpg": f"CTPG ({method})", "bptt": f"{bptt_name} (dt={dt:g})", "backsolve": f"Backsolve ({method})"}
     curves = {name: {axis: band(r, axis) for axis, _ in AXES} for name, r in runs.items()}

@@ -122,3 +122,35 @@ def test_auto_switches_on_the_stiff_loop_and_stays_explicit_on_a_smooth_one():
     _, tsit5 = gradient(CTPG(method="tsit5", rtol=1e-6, atol=1e-6), smooth, gentle, torch.zeros(2, dtype=DT), x0)
     assert auto.forward.oracle["jac_evals"] == 0 and auto.backward.oracle["jac_evals"] == 0
     assert auto.oracle_evals == tsit5.oracle_evals
+
+
+# ------------------------------------------------- reused (interpolated) Jacobians
+def test_reused_jacobians_are_exact_when_the_jacobians_are_constant_and_cost_no_backward_call():
+    system, K, bias, x0, exact = stiff_lqr()
+    grads, info = gradient(CTPG(method="rodas5p", rtol=1e-10, atol=1e-10, reuse_jacobians=True), system, K, bias, x0)
+    assert rel(grads, exact) < 1e-7
+    assert info.backward.oracle["total_evals"] == 0
+
+
+def test_reused_jacobians_converge_on_a_nonlinear_black_box():
+    torch.manual_seed(0)
+    system = NumpyPendulumFD()
+    policy = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    x0 = system.sample_initial_state(3)
+    params = list(policy.parameters())
+
+    def grad(estimator):
+        system.counter.reset()
+        loss, info = estimator(system, policy, x0)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]), info
+
+    reference, _ = grad(CTPG(rtol=1e-11, atol=1e-11))
+    errors = []
+    for tol in (1e-5, 1e-8):
+        g, info = grad(CTPG(rtol=tol, atol=tol, reuse_jacobians=True))
+        errors.append(rel(g, reference))
+        assert info.backward.oracle["sim_calls"] == 0 and info.backward.oracle["total_evals"] == 0
+        assert info.forward.oracle["jac_evals"] == 3 * (info.forward.steps_accepted + 1)
+    assert errors[1] < errors[0] / 100 and errors[1] < 1e-6
+    with pytest.raises(ValueError, match="one mesh for the batch"):
+        CTPG(per_sample=True, reuse_jacobians=True)

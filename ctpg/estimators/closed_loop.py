@@ -50,17 +50,18 @@ def closed_loop_rhs(system, policy, f=None):
     return rhs
 
 
-def closed_loop_matrix(system, policy, x: torch.Tensor):
+def closed_loop_matrix(system, policy, x: torch.Tensor, jac=None):
     """(A = f_x + f_u pi_x [N,d,d], total cost gradient w_x + w_u pi_x [N,d]) at x.
 
-    Costs one counted system.jacobians call (finite differences for black boxes) and
-    autograd through the policy and the running cost (not oracle calls)."""
+    Costs one counted system.jacobians call (finite differences for black boxes), or
+    none when `jac` = (f_x, f_u) is given, and autograd through the policy and the
+    running cost (not oracle calls)."""
     with torch.enable_grad():
         x_ = x.detach().requires_grad_(True)
         u = policy(x_)
         (cost_x,) = torch.autograd.grad(system.running_cost(x_, u).sum(), x_, allow_unused=True)
     policy_x = batched_jacobian(policy, x.detach())                 # [N, k, d]
-    f_x, f_u = system.jacobians(x.detach(), u.detach())
+    f_x, f_u = system.jacobians(x.detach(), u.detach()) if jac is None else jac
     cost_x = torch.zeros_like(x) if cost_x is None else cost_x
     return f_x + f_u @ policy_x, cost_x
 
@@ -80,7 +81,7 @@ def closed_loop_jacobian(system, policy):
     return jacobian
 
 
-def adjoint_derivatives(system, policy, params, x, lam, cost_weight, system_params=()):
+def adjoint_derivatives(system, policy, params, x, lam, cost_weight, system_params=(), jac=None):
     """(dlam/dt [N,d], dmu/dt [P] flat, u) at states x with adjoints lam.
 
     Costs one counted vjp plus one reverse pass through the policy and the running
@@ -89,14 +90,18 @@ def adjoint_derivatives(system, policy, params, x, lam, cost_weight, system_para
     policy and the cost together, still counted as one vjp; other systems (analytic
     or finite-difference derivatives) are asked for lam^T f_x, lam^T f_u (and
     lam^T f_theta for their own `system_params`) by system.vjp_with_parameters and the
-    policy and cost are differentiated after it.
+    policy and cost are differentiated after it. Given `jac` = (f_x, f_u) at x (a
+    JacobianSpline's), lam^T f_x and lam^T f_u come from them: no oracle call at all.
     """
     extra = None
     with torch.enable_grad():
         x_ = x.detach().requires_grad_(True)
         u = policy(x_)
         total = cost_weight * system.running_cost(x_, u).sum()
-        if system.vjp_by_autograd:
+        if jac is not None:
+            a_x, a_u = torch.einsum("nd,nde->ne", lam, jac[0]), torch.einsum("nd,nde->ne", lam, jac[1])
+            total = total + (a_u * u).sum()
+        elif system.vjp_by_autograd:
             total = total + (lam * system.f_for_vjp(x_, u)).sum()
             a_x = 0.0
         else:
@@ -184,9 +189,13 @@ class ControlAdjoint:
     weigh 1. With per_sample, derivatives(t, lam, rows) reads each sample's own time
     and keeps the parameter gradient per sample ([N, P])."""
 
-    def __init__(self, system, policy, params, system_params, path, per_sample: bool = False):
+    def __init__(self, system, policy, params, system_params, path, per_sample: bool = False, jacobians=None):
         self.system, self.policy, self.params = system, policy, params
         self.system_params, self.path, self.per_sample = system_params, path, per_sample
+        self.jacobians = jacobians        # a JacobianSpline: f_x, f_u without system calls
+
+    def _jac(self, t):
+        return None if self.jacobians is None else self.jacobians.evaluate(t)
 
     def state(self, t, rows=None):
         return clocked(self.system, self.path.evaluate(t, rows)[:, :self.system.state_dim], t)
@@ -195,16 +204,16 @@ class ControlAdjoint:
         if self.per_sample:
             return adjoint_derivatives_per_sample(self.system, self.policy, self.params, self.state(t, rows), lam)
         dlam, dmu, _ = adjoint_derivatives(self.system, self.policy, self.params, self.state(t), lam,
-                                           1.0, self.system_params)
+                                           1.0, self.system_params, self._jac(t))
         return dlam, dmu
 
     def linearisation(self, t, lam) -> Linearisation:
         """J = -A(x(t))^T per sample, and G v = -(v^T f_u pi_theta + v^T f_theta): one
         system.jacobians call now, one vjp per application of G."""
-        x = self.state(t)
-        A, _ = closed_loop_matrix(self.system, self.policy, x)
+        x, jac = self.state(t), self._jac(t)
+        A, _ = closed_loop_matrix(self.system, self.policy, x, jac)
 
         def quadrature_jvp(v):
-            return adjoint_derivatives(self.system, self.policy, self.params, x, v, 0.0, self.system_params)[1]
+            return adjoint_derivatives(self.system, self.policy, self.params, x, v, 0.0, self.system_params, jac)[1]
 
         return Linearisation(-A.transpose(1, 2), quadrature_jvp)

@@ -6,6 +6,7 @@ import torch
 from ctpg.adjoint import solve_adjoint, unflatten
 from ctpg.estimators.base import Estimator
 from ctpg.estimators.closed_loop import ControlAdjoint, closed_loop_jacobian, closed_loop_rhs, terminal_adjoint
+from ctpg.estimators.jacobian_spline import JacobianSpline
 from ctpg.solvers import is_stiff_method, solve
 
 
@@ -30,6 +31,12 @@ class CTPG(Estimator):
     per Jacobian: finite differences for black-box systems) and, backward, -A^T with
     the parameter gradient kept out of the d x d linear solves.
 
+    Black-box systems (a simulator with finite-difference derivatives, whose vjp costs a
+    full Jacobian): `reuse_jacobians=True` computes f_x, f_u once per forward step and
+    lets the backward pass read them from a cubic interpolant (JacobianSpline): no
+    system call backward, an O(h^4) error in the forward step h, (S+1) N d (d+k) more
+    stored floats.
+
     Stores O(steps x N x d) floats. Costs per forward stage one f call, per backward
     stage one vjp (plus Jacobians for stiff methods); both passes adapt their steps to
     the requested accuracy. Lands on the system's breakpoints (system.breakpoints)
@@ -45,7 +52,7 @@ class CTPG(Estimator):
                  adjoint_method: str | None = None, adjoint_rtol: float | None = None,
                  adjoint_atol: float | None = None, dt: float | None = None,
                  adjoint_dt: float | None = None, adjoint_seminorm: bool = False,
-                 max_steps: int = 100_000, per_sample: bool = False):
+                 max_steps: int = 100_000, per_sample: bool = False, reuse_jacobians: bool = False):
         self.method, self.rtol, self.atol, self.dt = method, rtol, atol, dt
         self.adjoint_method = adjoint_method or method
         self.adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
@@ -53,18 +60,22 @@ class CTPG(Estimator):
         self.adjoint_dt = dt if adjoint_dt is None else adjoint_dt
         self.adjoint_seminorm = adjoint_seminorm
         self.max_steps, self.per_sample = max_steps, per_sample
+        if reuse_jacobians and per_sample:
+            raise ValueError("reuse_jacobians needs one mesh for the batch; use it with per_sample=False")
+        self.reuse_jacobians = reuse_jacobians
 
     def __repr__(self):
         return (f"CTPG(method={self.method!r}, rtol={self.rtol}, atol={self.atol}, dt={self.dt}, "
                 f"adjoint_method={self.adjoint_method!r}, adjoint_seminorm={self.adjoint_seminorm}"
-                + (", per_sample=True)" if self.per_sample else ")"))
+                + (", per_sample=True" if self.per_sample else "")
+                + (", reuse_jacobians=True)" if self.reuse_jacobians else ")"))
 
     def _forward(self, problem):
         system, x0, d = problem.system, problem.x0, problem.system.state_dim
-        if self.per_sample and problem.system_params:
-            raise ValueError("per-sample steps differentiate the policy's own parameters only, but the system "
-                             "or its costs hold learnable parameters too (system.parameters()); use "
-                             "per_sample=False")
+        if (self.per_sample or self.reuse_jacobians) and problem.system_params:
+            raise ValueError("per-sample steps and reused Jacobians differentiate the policy's own parameters "
+                             "only, but the system or its costs hold learnable parameters too "
+                             "(system.parameters()); use per_sample=False, reuse_jacobians=False")
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
         jacobian = closed_loop_jacobian(system, problem.policy) if is_stiff_method(self.method) else None
         with torch.no_grad():
@@ -74,16 +85,23 @@ class CTPG(Estimator):
                         tstops=system.breakpoints(problem.T), per_sample=self.per_sample)
             xT = sol.y1[:, :d]
             costs = sol.y1[:, d] + system.terminal_cost(xT)
+        stored = 0
         if problem.keep_for_backward:     # tensors, so that torch frees them after the backward pass
             problem.saved.update(vars(sol.trajectory), path_kind=type(sol.trajectory), xT=xT, first_step=(
                 sol.last_step if self.per_sample else backward_first_step(sol.times)))
-        stored = sol.trajectory.stored_floats if sol.trajectory is not None else 0
+            stored = sol.trajectory.stored_floats
+            if self.reuse_jacobians:
+                spline = JacobianSpline.along(system, problem.policy, sol.trajectory)
+                problem.saved.update(jac_times=spline.times, jac_x=spline.f_x, jac_u=spline.f_u)
+                stored += spline.stored_floats
         return costs, sol.steps_accepted, sol.steps_rejected, stored
 
     def _backward(self, problem, saved, grad_loss):
         system, params = problem.system, problem.params
         path = saved["path_kind"].from_state(saved)
-        field = ControlAdjoint(system, problem.policy, params, problem.system_params, path, self.per_sample)
+        spline = (JacobianSpline(saved["jac_times"], saved["jac_x"], saved["jac_u"]) if self.reuse_jacobians
+                  else None)
+        field = ControlAdjoint(system, problem.policy, params, problem.system_params, path, self.per_sample, spline)
         lam_T, mu_T = terminal_adjoint(system, saved["xT"], params, 1.0)
         if self.per_sample:     # each sample its own gradient row; J depends on no policy parameter
             mu_T = mu_T.new_zeros(lam_T.shape[0], mu_T.numel())
