@@ -43,6 +43,53 @@ def error_ratio(groups) -> torch.Tensor:
     return torch.where(finite, worst, torch.full_like(worst, INF))
 
 
+class ErrorNorm:
+    """The accept/reject measure of a solve: per-sample error ratios of y and of the
+    quadratures q (one group when q is shared by the batch, one row per sample with
+    per-sample steps), with rtol/atol (per component or scalar), an optional slice of
+    y's last axis (`error_on`, a seminorm) and the quadrature left out on request."""
+
+    def __init__(self, rtol, atol, error_on=None, quadrature_in_norm=True):
+        self.rtol, self.atol, self.error_on = rtol, atol, error_on
+        self.quadrature_in_norm = quadrature_in_norm
+        # per-component tolerances describe y; the quadrature takes their tightest
+        self.q_rtol, self.q_atol = (float(v.min()) if torch.is_tensor(v) else v for v in (rtol, atol))
+
+    def select(self, v):
+        return v if self.error_on is None else v[..., self.error_on]
+
+    def tolerances(self):
+        rtol, atol = self.rtol, self.atol
+        if self.error_on is not None:
+            rtol, atol = (self.select(v) if torch.is_tensor(v) and v.dim() else v for v in (rtol, atol))
+        return rtol, atol
+
+    def groups(self, step, y, q):
+        """(err, y0, y1, rtol, atol) of y and, when it counts, of q."""
+        rtol, atol = self.tolerances()
+        out = [(self.select(step.err), self.select(y), self.select(step.y1), rtol, atol)]
+        if q is not None and self.quadrature_in_norm and q.numel():
+            out.append((step.err_q, q, step.q1, self.q_rtol, self.q_atol))
+        return out
+
+    @torch.no_grad()   # step control is not part of what autograd differentiates (direct mode)
+    def ratio(self, step, y, q) -> float:
+        """The step's worst error ratio (one number for shared steps)."""
+        return float(error_ratio(self.groups(step, y, q)))
+
+    @torch.no_grad()
+    def sample_ratios(self, step, y, q) -> torch.Tensor:
+        """Each sample's own error ratio [N] (per-sample steps; q per sample too); inf
+        where its new values are not finite."""
+        ratio = None
+        for err, y0, y1, rtol, atol in self.groups(step, y, q):
+            rms = scaled_rms(err, y0, y1, rtol, atol)
+            finite = torch.isfinite(y1.reshape(y1.shape[0], -1)).all(1) & torch.isfinite(rms)
+            rms = torch.where(finite, rms, torch.full_like(rms, INF))
+            ratio = rms if ratio is None else torch.maximum(ratio, rms)
+        return ratio
+
+
 def initial_step(func, t0: float, y0, f0, order: int, rtol, atol, direction: float,
                  select=None, per_sample: bool = False):
     """Automatic first step (Hairer, Norsett & Wanner, Solving ODEs I, II.4), per sample.

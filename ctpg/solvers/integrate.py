@@ -9,7 +9,7 @@ import warnings
 import torch
 
 from ctpg.errors import MaxStepsExceeded, NonFiniteError, StepSizeTooSmall
-from ctpg.solvers.control import PIController, error_ratio, initial_step
+from ctpg.solvers.control import ErrorNorm, PIController, initial_step
 from ctpg.solvers.methods import make_stepper
 from ctpg.solvers.per_sample import solve_per_sample
 from ctpg.trajectory import SampleTrajectory, Trajectory
@@ -131,12 +131,12 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
         _warn_if_tolerance_unreachable(rtol, y0.dtype)
     bounds = _stop_points(t0, t1, tstops)
     if per_sample:
-        return _solve_per_sample(rhs, stepper, y0, q0, bounds, _Norm(rtol, atol, error_on, quadrature_in_norm),
+        return _solve_per_sample(rhs, stepper, y0, q0, bounds, ErrorNorm(rtol, atol, error_on, quadrature_in_norm),
                                  first_step, max_steps, min_step, dense)
     run = _Run(rhs, stepper, dense, max_steps)
     y, q = y0, q0
     if adaptive:
-        norm = _Norm(rtol, atol, error_on, quadrature_in_norm)
+        norm = ErrorNorm(rtol, atol, error_on, quadrature_in_norm)
         run.prepare_adaptive(norm, first_step, min_step, t0, t1)
     for a, b in zip(bounds[:-1], bounds[1:]):
         rhs.enter(a, b, set(bounds[1:-1]))
@@ -173,33 +173,6 @@ def _warn_if_tolerance_unreachable(rtol, dtype) -> None:
     if 0 < smallest < 10 * eps:
         warnings.warn(f"rtol={smallest:.1e} is below what {dtype} can deliver (about {10 * eps:.0e}); "
                       "the solve will take tiny steps or fail: use float64 or a looser rtol", stacklevel=3)
-
-
-class _Norm:
-    """The accept/reject measure: per-sample error ratios of y (and of q)."""
-
-    def __init__(self, rtol, atol, error_on, quadrature_in_norm):
-        self.rtol, self.atol, self.error_on = rtol, atol, error_on
-        self.quadrature_in_norm = quadrature_in_norm
-        # per-component tolerances describe y; the quadrature takes their tightest
-        self.q_rtol, self.q_atol = (float(v.min()) if torch.is_tensor(v) else v for v in (rtol, atol))
-
-    def _select(self, v):
-        return v if self.error_on is None else v[..., self.error_on]
-
-    def tolerances(self):
-        rtol, atol = self.rtol, self.atol
-        if self.error_on is not None:
-            rtol, atol = (self._select(v) if torch.is_tensor(v) and v.dim() else v for v in (rtol, atol))
-        return rtol, atol
-
-    @torch.no_grad()   # step control is not part of what autograd differentiates (direct mode)
-    def ratio(self, step, y, q) -> float:
-        rtol, atol = self.tolerances()
-        groups = [(self._select(step.err), self._select(y), self._select(step.y1), rtol, atol)]
-        if q is not None and self.quadrature_in_norm:
-            groups.append((step.err_q, q, step.q1, self.q_rtol, self.q_atol))
-        return float(error_ratio(groups))
 
 
 class _Run:
@@ -252,7 +225,7 @@ class _Run:
         if self.h is None:
             with torch.no_grad():
                 self.h = initial_step(lambda t, z: self.rhs(t, z)[0], t0, y.detach(), state.f.detach(),
-                                      stepper.order, *self.norm.tolerances(), direction, self.norm._select)
+                                      stepper.order, *self.norm.tolerances(), direction, self.norm.select)
         if not self.times:
             self.times.append(t0)
         t, h, switches = t0, self.h, state.switches

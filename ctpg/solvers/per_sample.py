@@ -19,7 +19,7 @@ import dataclasses
 import torch
 
 from ctpg.errors import MaxStepsExceeded, NonFiniteError, StepSizeTooSmall
-from ctpg.solvers.control import INF, initial_step, scaled_rms
+from ctpg.solvers.control import initial_step
 from ctpg.solvers.steppers import Step, StepperState, step_polynomial
 
 
@@ -62,19 +62,6 @@ def _rows_of(step: Step, keep) -> Step:
         f_last=None if step.f_last is None else (step.f_last[0][keep], pick(step.f_last[1])))
 
 
-def _ratio(norm, step, y, q) -> torch.Tensor:
-    """Each sample's error ratio [k]: inf where its new values are not finite."""
-    rtol, atol = norm.tolerances()
-    sel = norm._select
-    ratio = scaled_rms(sel(step.err), sel(y), sel(step.y1), rtol, atol)
-    finite = torch.isfinite(step.y1.reshape(y.shape[0], -1)).all(1)
-    if q is not None and norm.quadrature_in_norm and q[0].numel():
-        ratio = torch.maximum(ratio, scaled_rms(step.err_q, q, step.q1, norm.q_rtol, norm.q_atol))
-        finite &= torch.isfinite(step.q1.reshape(q.shape[0], -1)).all(1)
-    ratio = torch.nan_to_num(ratio, nan=INF)
-    return torch.where(finite, ratio, torch.full_like(ratio, INF))
-
-
 def solve_per_sample(rhs, stepper, y0, q0, t0: float, t1: float, norm, first_step, max_steps,
                      min_step, dense, counts):
     """Adaptive per-sample integration from t0 to t1 (one interval between stops).
@@ -96,7 +83,7 @@ def solve_per_sample(rhs, stepper, y0, q0, t0: float, t1: float, norm, first_ste
             first_step = initial_step(lambda t, z: rhs(torch.as_tensor(t, dtype=torch.float64, device=device)
                                                        .expand(n), z)[0],
                                       t0, y0.detach(), f.detach(), stepper.order, *norm.tolerances(), direction,
-                                      norm._select, per_sample=True)
+                                      norm.select, per_sample=True)
     t = torch.full((n,), float(t0), dtype=torch.float64, device=device)
     h = torch.as_tensor(first_step, dtype=torch.float64, device=device).expand(n).clamp_max(span).clone()
     y, q = y0, q0
@@ -117,7 +104,7 @@ def solve_per_sample(rhs, stepper, y0, q0, t0: float, t1: float, norm, first_ste
         qa = None if q is None else q[active]
         step = stepper.step(rhs, sub, t[active], y[active], qa, direction * h_a)
         with torch.no_grad():
-            ratio = _ratio(norm, step, y[active], qa).to(torch.float64)
+            ratio = norm.sample_ratios(step, y[active], qa).to(torch.float64)
             accept, factor = control.propose(active, ratio, step.error_order)
             nonfinite[active] = torch.isinf(ratio)
         keep = accept.nonzero().squeeze(1)
