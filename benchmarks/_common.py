@@ -175,6 +175,8 @@ def solver_floors(curves, target: float, error: str, costs) -> dict:
                                                                                  cost, error))):
             top = best_cost(curves, labels, target, cost, error)
             out[f"{name}_{cost}"] = None if top is None or not over else top / over
+            if top is None and over and labels[0] in curves:   # never reaches it: its dearest try bounds it
+                out[f"{name}_{cost}_at_least"] = max(p[cost] for p in curves[labels[0]]) / over
     return out
 
 
