@@ -197,6 +197,9 @@ def plot(result, path, costs, targets: dict):
                 ax.scatter([r[cost] for r in rows], [r[error] for r in rows], s=6, alpha=0.3, color=COLORS.get(label))
             if error in targets:
                 ax.axhline(targets[error], color="k", ls="--", lw=0.8)
+            if any(r[error] > 1e2 for r in result["records"]):   # a diverging estimator: keep the rest readable
+                ax.set_ylim(top=1e2)
+                ax.text(0.02, 0.97, "errors above 1e2 off scale", transform=ax.transAxes, fontsize=7, va="top")
             ax.set_xlabel(COSTS[cost])
             ax.set_ylabel(ylabel)
             ax.grid(True, which="major", alpha=0.3)
