@@ -30,7 +30,7 @@ TAGS: dict[str, str] = {
     "solver/steps_forward": "Accepted solver steps of this iteration's forward pass.",
     "solver/steps_backward": "Accepted solver steps of this iteration's backward pass.",
     "solver/rejected": "Rejected adaptive steps of this iteration, forward and backward together.",
-    "solver/reconstruction_error": "Backsolve only: batch mean of the distance between x0 and the reconstructed x(0).",
+    "solver/reconstruction_error": "Backsolve only: batch mean of each sample's largest drift between a stored state (x0 or a checkpoint) and the state reconstructed back to it.",
     "memory/stored_floats": "Floats the estimator stored for its backward pass this iteration.",
     "time/forward": "Wall-clock seconds of this iteration's forward pass.",
     "time/backward": "Wall-clock seconds of this iteration's backward pass.",
