@@ -15,6 +15,9 @@ from ctpg.solvers.per_sample import solve_per_sample
 from ctpg.trajectory import SampleTrajectory, Trajectory
 
 
+CHECK_EVERY = 32      # fixed steps: read the NaN/Inf flag back from the device this often
+
+
 @dataclasses.dataclass
 class Solution:
     """Result of `solve`: final state (and quadratures), step counts, calls of func and
@@ -175,6 +178,16 @@ def _warn_if_tolerance_unreachable(rtol, dtype) -> None:
                       "the solve will take tiny steps or fail: use float64 or a looser rtol", stacklevel=3)
 
 
+def _raise_at_first_nonfinite(flags, first_index, t0, h) -> None:
+    """Raise NonFiniteError naming the first fixed step whose result was not finite."""
+    finite = torch.stack(flags)
+    if bool(finite.all()):
+        return
+    i = first_index + int((~finite).nonzero()[0])
+    raise NonFiniteError(f"the right-hand side returned NaN or Inf at t={t0 + i * h:.6g} (fixed step to "
+                         f"t={t0 + (i + 1) * h:.6g}); a fixed step cannot shrink: use a smaller dt or adaptive steps")
+
+
 class _Run:
     """The state of one solve across its stop intervals."""
 
@@ -200,13 +213,15 @@ class _Run:
         state = self.stepper.start(self.rhs, t0, y)
         if not self.times:
             self.times.append(t0)
+        flags = []      # per step, on the device: read back every CHECK_EVERY steps, not every step
         for i in range(n):
             t = t0 + i * h
             step = self.stepper.step(self.rhs, state, t, y, q, h)
             t_next = t1 if i == n - 1 else t0 + (i + 1) * h
-            if not bool(torch.isfinite(step.y1).all()):
-                raise NonFiniteError(f"the right-hand side returned NaN or Inf at t={t:.6g} "
-                                     f"(fixed step to t={t_next:.6g}); a fixed step cannot shrink")
+            flags.append(torch.isfinite(step.y1).all())
+            if (i + 1) % CHECK_EVERY == 0 or i == n - 1:
+                _raise_at_first_nonfinite(flags, i + 1 - len(flags), t0, h)
+                flags = []
             need_f = self.dense or i < n - 1
             coefs = self.stepper.accept(self.rhs, state, step, t_next, self.dense) if need_f else None
             if self.dense:
