@@ -179,10 +179,11 @@ def band(runs: list[dict], axis: str, points: int = 60) -> dict:
     return dict(x=grid.tolist(), median=q50.tolist(), q25=q25.tolist(), q75=q75.tolist())
 
 
-def reach_ratio(ctpg: dict, bptt: dict, axis: str = "oracle_total_cum") -> float:
+def reach_ratio(ctpg: dict, bptt: dict, axis: str = "oracle_total_cum", slack: float = 0.0) -> float:
     """CTPG's cumulative `axis` (oracle evaluations, simulator calls, seconds) when its
-    cost first reaches BPTT's final cost, over BPTT's total on that axis; inf if never."""
-    target = bptt["final_cost"]
+    cost first reaches BPTT's final cost (plus `slack` times its magnitude), over BPTT's
+    total on that axis; inf if never."""
+    target = bptt["final_cost"] + slack * abs(bptt["final_cost"])
     hits = [h[axis] for h in ctpg["history"] if h["cost"] <= target]
     return hits[0] / bptt["history"][-1][axis] if hits else math.inf
 
@@ -228,8 +229,12 @@ def floor(cfg: Config, runs: dict) -> dict:
         holds = holds and seeds_meeting >= share * len(ctpg)
     text = (f"CTPG's {' and '.join(AXIS_NAMES[a] for a in axes)} to reach BPTT's final cost / BPTT's total "
             f"{'<' if strict else '<='} {bound:g}" + (f" on >= {share:.0%} of the seeds" if share else ""))
+    # Reported beside the floor, not part of it: when both estimators end at the same cost
+    # to a fraction of a percent, "first reaches BPTT's final cost" hinges on that fraction.
+    within_1pc = {axis: float(np.median([reach_ratio(c, b, axis, slack=0.01) for c, b in zip(ctpg, bptt)]))
+                  for axis in axes}
     out = dict(floor=text, per_seed=per_seed, seeds_meeting=seeds_meeting, median_ratio=median,
-               per_seed_median=per_seed_median, holds=bool(holds))
+               per_seed_median=per_seed_median, per_seed_median_within_1pc=within_1pc, holds=bool(holds))
     if cfg.env in LEARNED:
         metric, value = LEARNED[cfg.env]
         learned = {name: sum(r["history"][-1][metric] >= value for r in rs) for name, rs in runs.items()}
@@ -291,6 +296,8 @@ def print_summary(result: dict):
     for axis, ratios in f["per_seed"].items():
         print(f"  {axis}: per seed {[round(r, 3) for r in ratios]}, median of seeds "
               f"{f['per_seed_median'][axis]:.3g}, on the median curves {f['median_ratio'][axis]:.3g}")
+    for axis, ratio in f.get("per_seed_median_within_1pc", {}).items():
+        print(f"  {axis}: to within 1 % of BPTT's final cost (reported, not the floor): median of seeds {ratio:.3g}")
     if "learned" in f:
         print(f"  learned the task: {f['learned']} (CTPG needs {f['learned_needed']})")
     print(f"  -> {({None: 'REPORTED (no floor)', True: 'HOLDS', False: 'FAILS'})[f['holds']]}")
