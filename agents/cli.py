@@ -28,6 +28,10 @@ BENCHMARKS = {
     "learning": "benchmarks.learning",
     "backsolve-failure": "benchmarks.backsolve_failure",
     "torchdiffeq": "benchmarks.torchdiffeq_compare",
+    "odeint": "benchmarks.odeint_compare",
+    "fitzhugh-nagumo": "benchmarks.fitzhugh_nagumo",
+    "van-der-pol": "benchmarks.van_der_pol",
+    "double-pendulum": "benchmarks.double_pendulum",
 }
 # Fields whose option is written by hand (env: checked against the registry).
 _SPECIAL = {"env"}

@@ -296,3 +296,29 @@ def test_agrees_with_torchdiffeq(mode, theirs):
     torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-9)
     for a, b in zip(g_ours, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
+
+
+def test_saved_floats_counts_through_outer_hooks():
+    """Direct mode counts what autograd saves without disabling a user's own saved-tensor
+    hooks (offloading, checkpointing): they still see every tensor."""
+    seen = []
+    func = mlp_field(hidden=8)
+    y0 = torch.ones(3, 2, dtype=F64, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: seen.append(1) or x, lambda x: x):
+        ys, info = ctpg.odeint(func, y0, torch.tensor([0.0, 1.0]), adjoint="direct", return_info=True)
+    assert len(seen) > 0 and info.stored_floats > 0
+    ys.sum().backward()
+    assert y0.grad is not None
+
+
+def test_double_backward_is_refused_by_the_adjoint_modes_and_works_directly():
+    func = Cosine()
+    y0 = torch.tensor([0.5], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ys = ctpg.odeint(func, y0, t, **TIGHT)
+    with pytest.raises(RuntimeError, match="first-order"):
+        torch.autograd.grad(ys[-1].sum(), func.k, create_graph=True)
+    ys = ctpg.odeint(func, y0, t, adjoint="direct", **TIGHT)
+    (g,) = torch.autograd.grad(ys[-1].sum(), func.k, create_graph=True)
+    (h,) = torch.autograd.grad(g, func.k)       # y1 = y0 exp(k sin 1): d2/dk2 = y1 sin(1)^2
+    assert float(h) == pytest.approx(float(ys[-1].detach()) * torch.sin(torch.tensor(1.0)).item() ** 2, rel=1e-6)

@@ -171,7 +171,7 @@ def _tolerance(value, packing: Packing, name: str):
         if value.numel() != packing.size or packing.is_tuple:
             raise ValueError(f"odeint: {name} as a tensor must be shaped like y0 (or be a tuple, one per part), "
                              f"got shape {tuple(value.shape)}")
-        return value.detach().reshape(-1).to(packing.dtype)
+        return value.detach().reshape(-1).to(dtype=packing.dtype, device=packing.device)
     return float(value) if torch.is_tensor(value) else value
 
 
@@ -215,7 +215,9 @@ def _direct(run: Run, y0row: torch.Tensor) -> torch.Tensor:
 class saved_floats:
     """Context manager counting the floats autograd saves for the backward pass inside
     it (each storage once; leaf tensors that require grad, i.e. parameters, are left
-    out: they exist anyway). `.floats` holds the count on exit.
+    out: they exist anyway). `.floats` holds the count on exit. Saved-tensor hooks
+    already active outside (offloading, checkpointing) keep working: the count is
+    taken on the way to them.
 
         with saved_floats() as saved:
             loss = model(x)
@@ -224,7 +226,9 @@ class saved_floats:
 
     def __init__(self):
         self.floats, self._seen = 0, set()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)(False)
+        self._outer_pack, self._outer_unpack = top if top is not None else (None, None)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def _pack(self, tensor):
         if not (tensor.is_leaf and tensor.requires_grad):
@@ -232,7 +236,10 @@ class saved_floats:
             if storage.data_ptr() not in self._seen:
                 self._seen.add(storage.data_ptr())
                 self.floats += storage.nbytes() // tensor.element_size()
-        return tensor
+        return tensor if self._outer_pack is None else self._outer_pack(tensor)
+
+    def _unpack(self, packed):
+        return packed if self._outer_unpack is None else self._outer_unpack(packed)
 
     def __enter__(self):
         self._hooks.__enter__()

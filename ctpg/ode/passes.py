@@ -99,7 +99,7 @@ def time_gradients(run: Run, state, grads: torch.Tensor, a0_plus: torch.Tensor, 
         weight = -a0_plus if i == 0 else grads[i:i + 1]
         if bool(weight.any()):
             out[i] = (weight * run.field(s, state(i))).sum()
-    return (run.grid.sign * out).to(t.dtype)
+    return (run.grid.sign * out).to(dtype=t.dtype, device=t.device)
 
 
 def _first_nonzero_from_end(grads: torch.Tensor) -> int:
@@ -124,6 +124,10 @@ def interpolating_adjoint(run: Run, path: Trajectory, grads: torch.Tensor, param
 
 
 def _needed(ctx, params):
+    """The parameters whose gradient is asked for; refuses a differentiable backward."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("odeint: the adjoint modes give first-order gradients only; for backward(create_graph="
+                           "True) (double backward, Hessian-vector products) use adjoint='direct'")
     return [p for p, need in zip(params, ctx.needs_input_grad[3:]) if need]
 
 
