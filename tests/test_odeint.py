@@ -322,3 +322,12 @@ def test_double_backward_is_refused_by_the_adjoint_modes_and_works_directly():
     (g,) = torch.autograd.grad(ys[-1].sum(), func.k, create_graph=True)
     (h,) = torch.autograd.grad(g, func.k)       # y1 = y0 exp(k sin 1): d2/dk2 = y1 sin(1)^2
     assert float(h) == pytest.approx(float(ys[-1].detach()) * torch.sin(torch.tensor(1.0)).item() ** 2, rel=1e-6)
+
+
+def test_the_readme_example_runs():
+    """The README's ctpg.odeint example, executed as written."""
+    import pathlib
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```python\nimport torch\nfrom ctpg import odeint")
+    code = text[start + len("```python\n"):text.index("```", start + 10)]
+    exec(compile(code, "README.md", "exec"), {})

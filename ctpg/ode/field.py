@@ -46,10 +46,14 @@ class Packing:
 
     def pack(self, value) -> torch.Tensor:
         """value (shaped like y0) -> [1, M]."""
-        return torch.cat([p.reshape(-1) for p in self.parts(value)])[None]
+        if not self.is_tuple:
+            return value.reshape(1, -1)
+        return torch.cat([p.reshape(-1) for p in value])[None]
 
     def unpack(self, row: torch.Tensor, lead: tuple = ()):
         """[*lead, M] -> a tensor (or tuple) shaped like y0 with leading dims `lead`."""
+        if not self.is_tuple:
+            return row.reshape(*lead, *self.shapes[0])
         chunks = torch.split(row, self.numels, dim=-1)
         out = tuple(c.reshape(*lead, *s) for c, s in zip(chunks, self.shapes))
         return out if self.is_tuple else out[0]
@@ -104,7 +108,7 @@ class VectorField:
 
     def vjp(self, s: float, y: torch.Tensor, a: torch.Tensor, params) -> tuple:
         """(F(s, y), a^T dF/dy [1, M], a^T dF/dtheta flat [P]): one evaluation and one
-        reverse pass of func."""
+        reverse pass of func (pass -a to get the adjoint's rates)."""
         self.counter.record("f", 1)
         self.counter.record("vjp", 1)
         with torch.enable_grad():

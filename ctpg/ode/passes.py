@@ -83,8 +83,8 @@ class ODEAdjoint:
         self.field, self.path, self.params = field, path, params
 
     def derivatives(self, s, a):
-        _, g_y, g_theta = self.field.vjp(s, self.path.evaluate(s), a, self.params)
-        return -g_y, -g_theta
+        _, rate_a, rate_mu = self.field.vjp(s, self.path.evaluate(s), -a, self.params)
+        return rate_a, rate_mu
 
     def linearisation(self, s, a) -> Linearisation:
         J = self.field.jacobian(s, self.path.evaluate(s))
@@ -204,8 +204,8 @@ def backsolve_adjoint(run: Run, outputs, grads, params, first_step):
     grid, cfg, field = run.grid, run.adjoint_settings, run.field
 
     def rhs(s, z):
-        F, g_y, g_theta = field.vjp(s, z[:1], z[1:], params)
-        return torch.cat([F, -g_y]), -g_theta
+        F, rate_a, rate_mu = field.vjp(s, z[:1], -z[1:], params)
+        return torch.cat([F, rate_a]), rate_mu
 
     kwargs = cfg.as_kwargs(grid)
     h, mu, steps, drift = cfg.first_step or first_step, grads.new_zeros(sum(p.numel() for p in params)), [0, 0], 0.0
