@@ -68,7 +68,8 @@ def test_torchdiffeq_compare_smoke(tmp_path):
 
 
 # ---------------------------------------------------------------- benchmarks/pareto.py
-PARETO_LABELS = {"BPTT-Euler", "CTPG-dopri5", "CTPG-tsit5", "CTPG-bosh3", "Backsolve", "Backsolve-ckpt10"}
+PARETO_LABELS = {"BPTT-Euler", "CTPG-dopri5", "CTPG-tsit5", "CTPG-bosh3", "Backsolve", "Backsolve-ckpt10",
+                 "CTPG-auto", "CTPG-rodas5p", "CTPG-ros34pw2", "CTPG-rosenbrock23"}   # the stiff solvers of a8a4320
 PARETO_METRICS = {"param_error", "full_error", "oracle_evals", "sim_calls", "wall_time", "stored_floats"}
 
 
