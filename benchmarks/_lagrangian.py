@@ -59,16 +59,17 @@ class AngleLagrangian(torch.nn.Module):
 class MechanicalLagrangian(torch.nn.Module):
     """L(q, w) = w^T M(q) w / 2 - V(q), the form of every mechanical Lagrangian, with
     M(q) = C C^T + eps I (C lower-triangular, positive diagonal) and V learned by
-    softplus MLPs of (cos q, sin q) (the structure of Lutter et al.'s Deep Lagrangian
-    Networks, 2019). d2L/dw2 = M(q) is positive definite by construction, so the
-    Euler-Lagrange equations always have a solution."""
+    tanh MLPs of (cos q, sin q) (the structure of Lutter et al.'s Deep Lagrangian
+    Networks, 2019; tanh learned the double pendulum's accelerations about twice as
+    fast as softplus in our trials). d2L/dw2 = M(q) is positive definite by
+    construction, so the Euler-Lagrange equations always have a solution."""
 
     def __init__(self, n: int, hidden, seed: int = 0, eps: float = 1e-2):
         super().__init__()
         self.n, self.eps = n, eps
         self.rows, self.cols = torch.tril_indices(n, n)
-        self.mass_net = mlp([2 * n, *hidden, len(self.rows)], activation=torch.nn.Softplus, seed=seed)
-        self.potential_net = mlp([2 * n, *hidden, 1], activation=torch.nn.Softplus, seed=seed + 1)
+        self.mass_net = mlp([2 * n, *hidden, len(self.rows)], seed=seed)
+        self.potential_net = mlp([2 * n, *hidden, 1], seed=seed + 1)
 
     def mass_matrix(self, q: torch.Tensor) -> torch.Tensor:
         features = torch.cat([torch.cos(q), torch.sin(q)], 1)

@@ -170,7 +170,7 @@ def portrait_fields(models: dict, cfg: Config, n: int = 21) -> dict:
     return out
 
 
-LABELS = {"true": "true field", "node": "neural ODE f(y)", "node_t": "neural ODE f(y, t), t = 20",
+LABELS = {"true": "true field", "node": "neural ODE f(y)", "node_t": "neural ODE f(y, t), t = {half}",
           "rnn": "residual RNN (y_k+1 - y_k) / dt"}
 
 
@@ -191,8 +191,9 @@ def plot(result: dict, path):
         track = test if name == "true" else np.array(result["runs"][name]["test_prediction"])
         for k in range(track.shape[1]):
             ax.plot(track[:, k, 0], track[:, k, 1], lw=1)
-        title = LABELS[name] if name == "true" else (
-            f"{LABELS[name]}\ncos {result['summary'][name]['cosine_training_window']:.3f}, "
+        label = LABELS[name].format(half=f"{split / 2:g}")
+        title = label if name == "true" else (
+            f"{label}\ncos {result['summary'][name]['cosine_training_window']:.3f}, "
             f"extrap. MSE {result['summary'][name]['extrapolation_mse']:.3g}")
         ax.set_title(title, fontsize=9)
         ax.set_xlim(-2.7, 2.7)
