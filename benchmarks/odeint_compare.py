@@ -40,8 +40,7 @@ import torch
 
 import ctpg
 from benchmarks._config import parse_config, publish, torch_threads
-from benchmarks._neural_ode import (F64, MLPField, central_difference_check, peak_rss_mb, relative_error,
-                                    train)
+from benchmarks._neural_ode import MLPField, central_difference_check, peak_rss_mb, relative_error, train
 from benchmarks.fitzhugh_nagumo import Config as FHNConfig
 from benchmarks.fitzhugh_nagumo import make_data
 from benchmarks.torchdiffeq_compare import cost_at
@@ -82,7 +81,7 @@ class Config:
 
 PRESETS = {"smoke": dict(trajectories=2, steps=6, hidden=(8,), pretrain_epochs=1, tolerances=(1e-3, 1e-6),
                          repeats=1, memory=False, fd_directions=1),
-           "full": dict(tolerances=tuple(10 ** (-k / 2) for k in range(4, 19)), repeats=5, pretrain_epochs=100)}
+           "full": dict(tolerances=tuple(10 ** (-k / 2) for k in range(4, 19)), repeats=3, pretrain_epochs=100)}
 
 
 def make_problem(trajectories: int, steps: int, hidden, seed: int, state_path: str | None = None) -> dict:
