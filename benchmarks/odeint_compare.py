@@ -16,8 +16,8 @@ rtol = atol = 1e-12, checked against central differences along its own and a ran
 direction, and compared with torchdiffeq-odeint at 1e-12), wall-clock (minimum over
 `repeats`), function evaluations (calls of the vector field plus reverse passes through
 it, both passes), and floats stored between the passes (ctpg: OdeintInfo.stored_floats;
-torchdiffeq: what autograd saves, counted by torch's saved_tensors_hooks, each storage
-once, parameters excluded). Peak resident memory of one gradient in a fresh process
+torchdiffeq: what its autograd graph saved, by ctpg.ode.graph_saved_floats, which
+ctpg's direct mode uses too; each storage once, parameters excluded). Peak resident memory of one gradient in a fresh process
 (benchmarks._neural_ode.peak_rss_mb) at the first tolerance of the sweep where each
 method reaches `target`.
 
@@ -44,7 +44,7 @@ from benchmarks._neural_ode import MLPField, central_difference_check, peak_rss_
 from benchmarks.fitzhugh_nagumo import Config as FHNConfig
 from benchmarks.fitzhugh_nagumo import make_data
 from benchmarks.torchdiffeq_compare import cost_at
-from ctpg.ode import saved_floats
+from ctpg.ode import graph_saved_floats
 
 METHODS = ("ctpg-interpolating", "ctpg-backsolve", "ctpg-direct", "torchdiffeq-odeint", "torchdiffeq-adjoint",
            "torchdiffeq-adjoint-seminorm")
@@ -133,15 +133,15 @@ def gradient(problem: dict, method: str, tol: float):
         return torch.cat([g.reshape(-1) for g in grads]), info.evals, info.stored_floats
     import torchdiffeq
     func = Counted(model)
-    with saved_floats() as saved:
-        if method == "torchdiffeq-odeint":
-            ys = torchdiffeq.odeint(func, y0, t, rtol=tol, atol=tol, method="dopri5")
-        else:
-            options = dict(norm="seminorm") if method.endswith("seminorm") else None
-            ys = torchdiffeq.odeint_adjoint(func, y0, t, rtol=tol, atol=tol, method="dopri5",
-                                            adjoint_options=options, adjoint_params=tuple(params))
+    if method == "torchdiffeq-odeint":
+        ys = torchdiffeq.odeint(func, y0, t, rtol=tol, atol=tol, method="dopri5")
+    else:
+        options = dict(norm="seminorm") if method.endswith("seminorm") else None
+        ys = torchdiffeq.odeint_adjoint(func, y0, t, rtol=tol, atol=tol, method="dopri5",
+                                        adjoint_options=options, adjoint_params=tuple(params))
+    stored = graph_saved_floats(ys)
     grads = torch.autograd.grad(((ys - data) ** 2).mean(), params)
-    return torch.cat([g.reshape(-1) for g in grads]), func.calls + func.vjps, saved.floats
+    return torch.cat([g.reshape(-1) for g in grads]), func.calls + func.vjps, stored
 
 
 def memory_probe(trajectories, steps, hidden, seed, state_path, method, tol, tiny=False):

@@ -298,17 +298,29 @@ def test_agrees_with_torchdiffeq(mode, theirs):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
 
 
-def test_saved_floats_counts_through_outer_hooks():
-    """Direct mode counts what autograd saves without disabling a user's own saved-tensor
-    hooks (offloading, checkpointing): they still see every tensor."""
-    seen = []
+def test_saved_float_counts_agree_and_leave_user_hooks_and_torch_func_alone():
+    """The graph walk counts what stays reachable from the outputs, the hooks also what dead
+    branches saved (the last step's FSAL evaluation): at most that. Direct mode installs no
+    hooks, so a user's
+    saved-tensor hooks still see every tensor and a func that uses torch.func (here a
+    Rosenbrock step's Jacobian) keeps its graph: the stiff direct gradient then matches
+    the closed form to the solver's accuracy."""
     func = mlp_field(hidden=8)
     y0 = torch.ones(3, 2, dtype=F64, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(lambda x: seen.append(1) or x, lambda x: x):
+    with ctpg.ode.saved_floats() as saved:
         ys, info = ctpg.odeint(func, y0, torch.tensor([0.0, 1.0]), adjoint="direct", return_info=True)
-    assert len(seen) > 0 and info.stored_floats > 0
-    ys.sum().backward()
-    assert y0.grad is not None
+    assert 0.8 * saved.floats < info.stored_floats <= saved.floats
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: seen.append(1) or x, lambda x: x):
+        ctpg.odeint(func, y0, torch.tensor([0.0, 1.0]), adjoint="direct").sum().backward()
+    assert seen and y0.grad is not None
+    A = torch.tensor([[-50.0, 1.0], [0.0, -0.5]], dtype=F64)
+    lin, x0, t = Linear(A), torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 0.5, 2.0], dtype=F64)
+    ys = ctpg.odeint(lin, x0, t, method="rodas5p", rtol=1e-8, atol=1e-10, adjoint="direct")
+    (g,) = torch.autograd.grad(ys.sum(), lin.A)
+    A_ = A.clone().requires_grad_(True)
+    (exact,) = torch.autograd.grad(torch.stack([torch.linalg.matrix_exp(A_ * ti) @ x0 for ti in t]).sum(), A_)
+    torch.testing.assert_close(g, exact, rtol=1e-6, atol=1e-8)
 
 
 def test_double_backward_is_refused_by_the_adjoint_modes_and_works_directly():
@@ -331,3 +343,15 @@ def test_the_readme_example_runs():
     start = text.index("```python\nimport torch\nfrom ctpg import odeint")
     code = text[start + len("```python\n"):text.index("```", start + 10)]
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_graph_walk_and_hooks_count_the_same_floats_on_a_plain_graph():
+    """An MLP on 100 points: the saved activations (tanh output [100, 50] and its input
+    to exp, the Linear input [100, 3]), counted once each by both methods."""
+    x = torch.randn(100, 3, dtype=F64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    layer = torch.nn.Linear(3, 50).double()
+    with ctpg.ode.saved_floats() as saved:
+        h = torch.tanh(layer(x * 2.0))
+        y = (h * h).sum() + h.exp().sum()
+    assert ctpg.ode.graph_saved_floats(y) == saved.floats
+    assert saved.floats >= 100 * 50 + 100 * 3          # at least tanh's output and the layer's input

@@ -121,8 +121,12 @@ class VectorField:
         return out.detach(), g_y, flatten(g_p, y)
 
     def jacobian(self, s: float, y: torch.Tensor) -> torch.Tensor:
-        """dF/dy [1, M, M] by autograd (M reverse passes, vectorised where func allows)."""
+        """dF/dy [1, M, M] by autograd (M reverse passes, vectorised where func allows).
+        Without detach_outputs (autograd through the solver) J keeps its graph, so a
+        Rosenbrock step is differentiated exactly, J's dependence on y and theta included."""
         self.counter.record("jac", 1)
+        if not self.detach_outputs:
+            return batched_jacobian(lambda z: self.evaluate(s, z), y)
         with torch.enable_grad():
             return batched_jacobian(lambda z: self.evaluate(s, z), y.detach()).detach()
 

@@ -9,6 +9,7 @@ import torch
 
 from ctpg.estimators.base import PassStats
 from ctpg.ode.field import Packing, TimeGrid, VectorField
+from ctpg.ode.memory import graph_saved_floats
 from ctpg.ode.passes import Backsolve, Interpolating, Run, run_forward
 from ctpg.ode.settings import settings
 from ctpg.solvers import is_stiff_method
@@ -27,8 +28,8 @@ class OdeintInfo:
     ran; in "direct" mode autograd runs it: its VJPs are counted as they happen, its
     steps are the forward's and its seconds run from the start of the backward pass
     to its last VJP of func. stored_floats: floats kept between the passes (the dense
-    output for "interpolating", the outputs for "backsolve", what autograd saved for
-    "direct"). reconstruction_error (backsolve): the largest distance between an
+    output for "interpolating", the outputs for "backsolve", what autograd's graph
+    saved for "direct", counted by ctpg.ode.memory.graph_saved_floats). reconstruction_error (backsolve): the largest distance between an
     output of the forward pass and the state solved back to it.
     """
 
@@ -96,16 +97,16 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     info = OdeintInfo(adjoint, fwd.method)
     run = Run(VectorField(func, packing, grid.sign, detach_outputs=adjoint != "direct"), grid, fwd, adj,
               params, info)
-    outputs = _solve(run, y0row, adjoint)
+    outputs = _solve(run, y0row, adjoint, return_info)
     solution = packing.unpack(outputs, lead=(len(grid),))
     return (solution, info) if return_info else solution
 
 
-def _solve(run: Run, y0row: torch.Tensor, adjoint: str) -> torch.Tensor:
+def _solve(run: Run, y0row: torch.Tensor, adjoint: str, return_info: bool) -> torch.Tensor:
     if len(run.grid) == 1:
         return y0row
     if adjoint == "direct":
-        return _direct(run, y0row)
+        return _direct(run, y0row, count_floats=return_info)
     if not _needs_grad(y0row, run.grid.t, run.params):
         return run_forward(run, y0row.detach(), keep_path=False)[0]
     function = Interpolating if adjoint == "interpolating" else Backsolve
@@ -201,49 +202,13 @@ def _tick(run: Run) -> None:
         run.info.backward.wall_time = time.perf_counter() - start
 
 
-def _direct(run: Run, y0row: torch.Tensor) -> torch.Tensor:
-    """Autograd through the solve; the floats autograd saves are counted."""
-    with saved_floats() as saved:
-        outputs, _ = run_forward(run, y0row, keep_path=False)
-    run.info.stored_floats = saved.floats
+def _direct(run: Run, y0row: torch.Tensor, count_floats: bool) -> torch.Tensor:
+    """Autograd through the solve; with `count_floats`, the floats its graph saved are
+    counted (graph_saved_floats: one visit per node, no hooks, so func may use torch.func)."""
+    outputs, _ = run_forward(run, y0row, keep_path=False)
     if not outputs.requires_grad:
         return outputs
+    if count_floats:
+        run.info.stored_floats = graph_saved_floats(outputs)
     run.field.on_vjp = lambda: _tick(run)
     return _BackwardClock.apply(outputs, run)
-
-
-class saved_floats:
-    """Context manager counting the floats autograd saves for the backward pass inside
-    it (each storage once; leaf tensors that require grad, i.e. parameters, are left
-    out: they exist anyway). `.floats` holds the count on exit. Saved-tensor hooks
-    already active outside (offloading, checkpointing) keep working: the count is
-    taken on the way to them.
-
-        with saved_floats() as saved:
-            loss = model(x)
-        print(saved.floats)
-    """
-
-    def __init__(self):
-        self.floats, self._seen = 0, set()
-        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)(False)
-        self._outer_pack, self._outer_unpack = top if top is not None else (None, None)
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-
-    def _pack(self, tensor):
-        if not (tensor.is_leaf and tensor.requires_grad):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in self._seen:
-                self._seen.add(storage.data_ptr())
-                self.floats += storage.nbytes() // tensor.element_size()
-        return tensor if self._outer_pack is None else self._outer_pack(tensor)
-
-    def _unpack(self, packed):
-        return packed if self._outer_unpack is None else self._outer_unpack(packed)
-
-    def __enter__(self):
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._hooks.__exit__(*exc)
