@@ -34,6 +34,10 @@ BENCHMARKS = {
     "stiff-solvers": "benchmarks.stiff_solvers",
     "per-sample": "benchmarks.per_sample",
     "crossover": "benchmarks.crossover",
+    "odeint": "benchmarks.odeint_compare",
+    "fitzhugh-nagumo": "benchmarks.fitzhugh_nagumo",
+    "van-der-pol": "benchmarks.van_der_pol",
+    "double-pendulum": "benchmarks.double_pendulum",
 }
 # Fields whose option is written by hand (env: checked against the registry).
 _SPECIAL = {"env"}

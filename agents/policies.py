@@ -155,6 +155,7 @@ FEATURES: dict[str, Callable[[object], nn.Module]] = {
     "electric": _electric_features,
     "cartpole": lambda s: AngleFeatures(s.state_dim, (1,)),   # (x, theta, xdot, thetadot)
     "pendulum": lambda s: AngleFeatures(s.state_dim, (0,)),   # (theta, thetadot)
+    "double_pendulum": lambda s: AngleFeatures(s.state_dim, (0, 1)),   # (theta1, theta2, w1, w2)
 }
 
 

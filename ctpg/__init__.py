@@ -21,3 +21,8 @@ from ctpg._version import __version__  # noqa: E402
 from ctpg.system import saturated_policy  # noqa: E402
 
 __all__ += ["__version__", "saturated_policy"]
+
+# Neural ODEs: torchdiffeq's odeint interface with the interpolating adjoint (issue 13).
+from ctpg.ode import OdeintInfo, odeint  # noqa: E402
+
+__all__ += ["odeint", "OdeintInfo"]

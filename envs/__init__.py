@@ -59,6 +59,7 @@ register("quadrotor_realistic", _lazy("envs.quadrotor:realistic_quadrotor"))
 register("cartpole", _lazy("envs.cartpole:Cartpole"))
 register("electric", _lazy("envs.electric:Electric"))
 register("pendulum", _lazy("envs.pendulum:Pendulum"))
+register("double_pendulum", _lazy("envs.double_pendulum:DoublePendulum"))
 
 try:  # gymnasium is an optional layer: the core systems work without it
     import gymnasium as _gymnasium  # noqa: F401

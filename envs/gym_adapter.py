@@ -29,7 +29,8 @@
   process headless): the system's own `render(x, width, height)` when it has one
   (the MuJoCo cart-pole), else a matplotlib drawing of the state (`envs.gym_render`:
   the vehicle and its heading, the quadrotor's projected body frame, the electrodes'
-  charges and the goal, the pendulum, or the state plane with the action).
+  charges and the goal, the pendulum, the double pendulum, or the state plane with the
+  action).
 - Without importing `envs` first: `gymnasium.make("envs:ctpg/LQR-v0")` (gymnasium
   imports the module named before the colon, which registers the ids).
 Failure modes: the solver raises NonFiniteError if the state blows up inside a step,
@@ -51,7 +52,7 @@ from ctpg.system import ControlSystem
 # dm_control's 0.01 s control step; the electric task DiffTaichi's 0.03 s (T = 512 dt);
 # the realistic quadrotor 0.01 s (100 Hz, attitude loops run at least that fast: its
 # torque limits give up to 112 rad/s^2, too fast for 20 Hz); the pendulum's angle is 0
-# hanging down, which the "pole" drawing assumes.
+# hanging down, which the "pole" drawing assumes (the double pendulum's two angles too).
 # LQR gets finite action bounds here only (envs.lqr.GYM_ACTION_BOUND explains the value).
 GYM_ENVS = {
     "ctpg/LQR-v0": ("lqr", {"action_bound": 5.0}),
@@ -61,8 +62,9 @@ GYM_ENVS = {
     "ctpg/CartpoleSwingup-v0": ("cartpole", {"dt": 0.01}),
     "ctpg/Electric-v0": ("electric", {"dt": 0.03, "drawing": "electric"}),
     "ctpg/Pendulum-v0": ("pendulum", {"drawing": "pole"}),
+    "ctpg/DoublePendulum-v0": ("double_pendulum", {"drawing": "double_pole"}),
 }
-DRAWINGS = ("system", "xy", "pole", "diffdrive", "quadrotor", "electric")
+DRAWINGS = ("system", "xy", "pole", "double_pole", "diffdrive", "quadrotor", "electric")
 DTYPES = (np.float64, np.float32)
 
 

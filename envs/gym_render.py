@@ -85,6 +85,27 @@ def draw_pole(path, action=None, system=None, width: int = 320, height: int = 24
     return _to_array(fig, width, height)
 
 
+def draw_double_pole(path, action=None, system=None, width: int = 320, height: int = 240) -> np.ndarray:
+    """Two rods chained from the origin at the absolute angles path[-1, 0] and path[-1, 1]
+    (radians from hanging down, counter-clockwise positive), scaled to the system's
+    lengths, with the trace of the tip since reset."""
+    path = np.asarray(path, dtype=np.float64)
+    params = getattr(system, "params", None)
+    l1, l2 = (getattr(params, "length1", 1.0), getattr(params, "length2", 1.0))
+    elbow = l1 * np.stack([np.sin(path[:, 0]), -np.cos(path[:, 0])], 1)
+    tip = elbow + l2 * np.stack([np.sin(path[:, 1]), -np.cos(path[:, 1])], 1)
+    fig, (ax,) = _canvas(width, height)
+    ax.plot(tip[:, 0], tip[:, 1], color="tab:gray", lw=0.8)
+    ax.plot([0.0, elbow[-1, 0], tip[-1, 0]], [0.0, elbow[-1, 1], tip[-1, 1]], color="tab:orange", lw=4,
+            solid_capstyle="round")
+    ax.plot([0.0, elbow[-1, 0]], [0.0, elbow[-1, 1]], "o", color="black")
+    reach = 1.1 * (l1 + l2)
+    ax.set_xlim(-reach, reach)
+    ax.set_ylim(-reach, reach)
+    ax.set_aspect("equal", adjustable="box")
+    return _to_array(fig, width, height)
+
+
 def draw_diffdrive(path, action=None, system=None, width: int = 320, height: int = 240) -> np.ndarray:
     """Top view: the path of the axle midpoint, the robot's body (a circle of the
     wheelbase's diameter), its two wheels and a heading arrow, the origin as a cross."""
@@ -170,6 +191,7 @@ def draw_electric(path, action=None, system=None, width: int = 320, height: int 
 DRAWINGS = {
     "xy": draw_xy,
     "pole": draw_pole,
+    "double_pole": draw_double_pole,
     "diffdrive": draw_diffdrive,
     "quadrotor": draw_quadrotor,
     "electric": draw_electric,

@@ -259,3 +259,69 @@ def test_crossover_smoke(tmp_path):
     for row in result["rows"]:
         assert row["optimal_cost"] > 0 and row["per_seed"][0]["dt"] > 0
         assert row["time_scales_in_horizon"] == 10 * row["scale"]
+
+
+# ---------------------------------------------------------------- neural-ODE studies (issue 13)
+def test_odeint_compare_smoke(tmp_path):
+    pytest.importorskip("torchdiffeq")
+    from benchmarks import odeint_compare
+
+    odeint_compare.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "odeint_compare")
+    assert result["budget"] == "smoke"
+    assert max(result["reference_check"]["fd_rel_errors"]) < 1e-5
+    assert result["reference_check"]["torchdiffeq_odeint_1e-12_rel_diff"] < 1e-8
+    methods = {p["method"] for p in result["points"]} | {f["method"] for f in result["failures"]}
+    assert methods == set(odeint_compare.METHODS)
+    for point in result["points"]:
+        assert point["evals"] > 0 and point["stored_floats"] > 0 and point["wall_time"] > 0
+        assert math.isfinite(point["rel_error"])
+    tight = {p["method"]: p["rel_error"] for p in result["points"] if p["tol"] == 1e-6}
+    assert tight["ctpg-interpolating"] < 1e-5 and tight["torchdiffeq-odeint"] < 1e-4
+    assert {"faster_than_odeint_adjoint", "ten_times_fewer_floats_than_odeint"} <= result["floors"].keys()
+
+
+def test_fitzhugh_nagumo_smoke(tmp_path):
+    from benchmarks import fitzhugh_nagumo
+
+    fitzhugh_nagumo.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "fitzhugh_nagumo")
+    assert set(result["runs"]) == {"node", "node_t", "rnn"}
+    summary = result["summary"]
+    assert summary["node"]["params"] == summary["rnn"]["params"] == summary["node_t"]["params"] - 16
+    for name in ("node", "node_t", "rnn"):
+        s = summary[name]
+        assert all(math.isfinite(s[k]) and s[k] >= 0 for k in ("train_mse", "test_mse", "extrapolation_mse"))
+        assert -1 <= s["cosine_training_window"] <= 1
+        history = result["runs"][name]["history"]
+        assert len(history) == 2 and history[-1]["loss"] < history[0]["loss"]     # two epochs, loss fell
+    # the autonomous field does not depend on t: both windows give the same cosine
+    assert summary["node"]["cosine_training_window"] == pytest.approx(summary["node"]["cosine_extrapolation_window"])
+
+
+def test_van_der_pol_smoke(tmp_path):
+    from benchmarks import van_der_pol
+
+    van_der_pol.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "van_der_pol")
+    entry = result["mus"]["1.0"]
+    assert max(entry["check_initial"]["fd_rel_errors"]) < 1e-5
+    for when in ("check_initial", "check_trained"):
+        assert all(e < 1e-4 for e in entry[when]["rel_error"].values())
+    modes = entry["modes"]
+    assert set(modes) == {"interpolating", "backsolve", "direct"}
+    assert modes["direct"]["max_stored_floats"] > modes["interpolating"]["max_stored_floats"] > \
+        modes["backsolve"]["max_stored_floats"]
+    assert all(m["seconds_per_epoch"] > 0 and m["vjp_evals_per_epoch"] > 0 for m in modes.values())
+
+
+def test_double_pendulum_smoke(tmp_path):
+    from benchmarks import double_pendulum
+
+    double_pendulum.main(["--smoke", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "double_pendulum")
+    s = result["summary"]
+    assert len(s["lyapunov_exponent"]) == len(s["valid_time"]) == result["config"]["test_trajectories"]
+    assert all(0 < v <= result["config"]["track_seconds"] + 1e-9 for v in s["valid_time"])
+    assert [h["window"] for h in result["history"]] == [2, 4]       # the curriculum's stages, in order
+    assert len(result["tracking"]["error"][0]) == len(result["tracking"]["t"])

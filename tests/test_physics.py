@@ -15,6 +15,7 @@ import ctpg
 from envs.diffdrive import DiffDrive, observation_features
 from envs.electric import Electric, electric_force
 from envs.lqr import LQR
+from envs.double_pendulum import DoublePendulum
 from envs.pendulum import Pendulum
 from envs.quadrotor import Quadrotor, rotation_matrix
 
@@ -273,7 +274,7 @@ def test_lqr_exact_cost_matches_tight_closed_loop_solve():
 
 
 # ---------------------------------------------------------------- constructors
-@pytest.mark.parametrize("cls", [DiffDrive, Quadrotor, Pendulum, Electric],
+@pytest.mark.parametrize("cls", [DiffDrive, Quadrotor, Pendulum, DoublePendulum, Electric],
                          ids=lambda c: c.__name__)
 def test_overrides_and_unknown_parameters(cls):
     system = cls(horizon=1.5, dtype=torch.float32)

@@ -1,0 +1,214 @@
+"""`ctpg.odeint`: torchdiffeq's odeint / odeint_adjoint interface on ctpg's solvers,
+with CTPG's interpolating adjoint as the default gradient."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from ctpg.estimators.base import PassStats
+from ctpg.ode.field import Packing, TimeGrid, VectorField
+from ctpg.ode.memory import graph_saved_floats
+from ctpg.ode.passes import Backsolve, Interpolating, Run, run_forward
+from ctpg.ode.settings import settings
+from ctpg.solvers import is_stiff_method
+
+MODES = ("interpolating", "backsolve", "direct")
+
+
+@dataclasses.dataclass
+class OdeintInfo:
+    """What one odeint call cost (`odeint(..., return_info=True)` returns it).
+
+    forward / backward: PassStats, whose `oracle` dict counts f_evals (every evaluation
+    of func, the ones inside VJPs included), vjp_evals (reverse passes through func),
+    jac_evals (Jacobians, stiff methods; each costs M reverse passes) and total_evals;
+    plus accepted/rejected steps and seconds. backward is None until a backward pass
+    ran; in "direct" mode autograd runs it: its VJPs are counted as they happen, its
+    steps are the forward's and its seconds run from the start of the backward pass
+    to its last VJP of func. stored_floats: floats kept between the passes (the dense
+    output for "interpolating", the outputs for "backsolve", what autograd's graph
+    saved for "direct", counted by ctpg.ode.memory.graph_saved_floats). reconstruction_error (backsolve): the largest distance between an
+    output of the forward pass and the state solved back to it.
+    """
+
+    adjoint: str
+    method: str
+    forward: PassStats | None = None
+    backward: PassStats | None = None
+    stored_floats: int = 0
+    reconstruction_error: float | None = None
+
+    @property
+    def evals(self) -> int:
+        """f, VJP and Jacobian evaluations of both passes so far."""
+        return sum(p.oracle["total_evals"] for p in (self.forward, self.backward) if p is not None)
+
+
+def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None,
+           adjoint: str = "interpolating", adjoint_params=None, adjoint_rtol=None, adjoint_atol=None,
+           adjoint_method=None, adjoint_options=None, return_info: bool = False):
+    """Solve dy/dt = func(t, y), y(t[0]) = y0, and return y at every time of t, stacked
+    along a new leading axis ([len(t), *y0.shape], or a tuple of such for a tuple y0).
+
+    torchdiffeq's calling convention: `from ctpg import odeint` replaces
+    `from torchdiffeq import odeint_adjoint as odeint` (or plain odeint). func(t, y) gets
+    t as a 0-dim tensor and y shaped like y0; t may decrease. Methods: ctpg's (dopri5,
+    the default, tsit5, bosh3, heun, dop853, euler, midpoint, rk4, the stiff rodas5p,
+    rodas4, ros34pw2, rosenbrock23 and "auto") plus torchdiffeq's adaptive_heun and
+    heun2. options: step_size (fixed steps), first_step, max_num_steps, step_t,
+    jump_t. The error norm is the RMS over every component (as torchdiffeq's; for a
+    tuple state torchdiffeq takes the largest part's RMS instead).
+
+    Gradients reach y0, t (not in "direct" mode) and the parameters of func (an
+    nn.Module) or `adjoint_params`. `adjoint` chooses how:
+
+    - "interpolating" (default): the forward solve keeps its dense output, O(steps x M)
+      floats; the adjoint is solved backwards with adjoint_method / adjoint_rtol /
+      adjoint_atol (default: the forward's), reading y(t) from it and jumping by
+      dL/dy(t_i) at each output time. Per backward stage one evaluation and one VJP of
+      func. Accurate on contracting dynamics, where backsolve fails.
+    - "backsolve": Chen et al.'s adjoint (torchdiffeq's odeint_adjoint): only the
+      outputs are kept; y is solved backwards with the adjoint. O(len(t) x M) floats;
+      its gradient degrades when the dynamics contract (reversed, they expand).
+      Explicit methods only.
+    - "direct": autograd through every solver step (torchdiffeq's odeint): exact
+      gradient of the discrete solution; memory O(steps x stages x func's activations).
+
+    adjoint_options: step_size, first_step, max_num_steps, step_t, jump_t and
+    norm="seminorm" (the parameter gradient left out of the step control; Kidger, Chen
+    & Lyons 2021); default: options without first_step. return_info=True returns
+    (solution, OdeintInfo). event_fn is not supported.
+    """
+    if event_fn is not None:
+        raise NotImplementedError("odeint: event_fn is not supported by ctpg.odeint; use torchdiffeq.odeint_event")
+    if adjoint not in MODES:
+        raise ValueError(f"odeint: adjoint must be one of {', '.join(map(repr, MODES))}, got {adjoint!r}")
+    if not callable(func):
+        raise TypeError(f"odeint: func must be callable as func(t, y), got {type(func).__name__}")
+    packing, grid = Packing(y0), TimeGrid(t)
+    fwd = settings(method, _tolerance(rtol, packing, "rtol"), _tolerance(atol, packing, "atol"), options)
+    adj = _adjoint_settings(fwd, method, rtol, atol, options, adjoint_method, adjoint_rtol, adjoint_atol,
+                            adjoint_options, packing)
+    y0row = packing.pack(y0)
+    params = _params(func, adjoint_params, adjoint, needs_grad=_needs_grad(y0row, grid.t))
+    _check_mode(adjoint, adj, grid)
+    info = OdeintInfo(adjoint, fwd.method)
+    run = Run(VectorField(func, packing, grid.sign, detach_outputs=adjoint != "direct"), grid, fwd, adj,
+              params, info)
+    outputs = _solve(run, y0row, adjoint, return_info)
+    solution = packing.unpack(outputs, lead=(len(grid),))
+    return (solution, info) if return_info else solution
+
+
+def _solve(run: Run, y0row: torch.Tensor, adjoint: str, return_info: bool) -> torch.Tensor:
+    if len(run.grid) == 1:
+        return y0row
+    if adjoint == "direct":
+        return _direct(run, y0row, count_floats=return_info)
+    if not _needs_grad(y0row, run.grid.t, run.params):
+        return run_forward(run, y0row.detach(), keep_path=False)[0]
+    function = Interpolating if adjoint == "interpolating" else Backsolve
+    return function.apply(run, y0row, run.grid.t, *run.params)
+
+
+def _needs_grad(y0row, t, params=()) -> bool:
+    return torch.is_grad_enabled() and (y0row.requires_grad or t.requires_grad or any(p.requires_grad for p in params))
+
+
+def _params(func, adjoint_params, adjoint: str, needs_grad: bool) -> list:
+    """The tensors that receive gradients (requires_grad only), as torchdiffeq picks them."""
+    if adjoint == "direct":
+        return []
+    if adjoint_params is None:
+        if not isinstance(func, torch.nn.Module):
+            if needs_grad:
+                raise ValueError("odeint: func is not an nn.Module, so its parameters are unknown; pass them as "
+                                 "adjoint_params=(...) (adjoint_params=() if it has none), make func an "
+                                 "nn.Module, or use adjoint='direct'")
+            return []
+        adjoint_params = func.parameters()
+    params = list(adjoint_params)
+    if not all(isinstance(p, torch.Tensor) for p in params):
+        raise TypeError("odeint: adjoint_params must be tensors")
+    seen, unique = set(), []
+    for p in params:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            unique.append(p)
+    return unique
+
+
+def _adjoint_settings(fwd, method, rtol, atol, options, adjoint_method, adjoint_rtol, adjoint_atol,
+                      adjoint_options, packing):
+    if adjoint_options is None:
+        adjoint_options = {k: v for k, v in (options or {}).items() if k not in ("norm", "first_step")}
+    return settings(adjoint_method or method, _tolerance(rtol if adjoint_rtol is None else adjoint_rtol, packing,
+                                                         "adjoint_rtol"),
+                    _tolerance(atol if adjoint_atol is None else adjoint_atol, packing, "adjoint_atol"),
+                    adjoint_options, adjoint=True)
+
+
+def _check_mode(adjoint: str, adj, grid) -> None:
+    if adjoint == "backsolve" and is_stiff_method(adj.method):
+        raise ValueError(f"odeint: adjoint='backsolve' needs an explicit adjoint_method, not {adj.method!r} "
+                         "(its Jacobian would need second derivatives of func); use adjoint='interpolating' "
+                         "for stiff problems")
+    if adjoint == "direct" and grid.t.requires_grad and torch.is_grad_enabled():
+        raise ValueError("odeint: adjoint='direct' gives no gradients with respect to t; use "
+                         "adjoint='interpolating' (or 'backsolve'), or pass t.detach()")
+
+
+def _tolerance(value, packing: Packing, name: str):
+    """A float, or a [M] tensor in the packed order (from a tensor shaped like y0 or a
+    tuple of per-part tolerances)."""
+    if isinstance(value, tuple):
+        if len(value) != len(packing.shapes):
+            raise ValueError(f"odeint: {name} as a tuple needs one entry per part of y0 ({len(packing.shapes)})")
+        return torch.cat([torch.as_tensor(v, dtype=packing.dtype, device=packing.device).expand(s).reshape(-1)
+                          for v, s in zip(value, packing.shapes)])
+    if torch.is_tensor(value) and value.numel() != 1:
+        if value.numel() != packing.size or packing.is_tuple:
+            raise ValueError(f"odeint: {name} as a tensor must be shaped like y0 (or be a tuple, one per part), "
+                             f"got shape {tuple(value.shape)}")
+        return value.detach().reshape(-1).to(dtype=packing.dtype, device=packing.device)
+    return float(value) if torch.is_tensor(value) else value
+
+
+class _BackwardClock(torch.autograd.Function):
+    """Identity on the outputs whose backward (the first node of the backward pass)
+    starts the direct mode's backward PassStats."""
+
+    @staticmethod
+    def forward(ctx, outputs, run):
+        ctx.run = run
+        return outputs.view_as(outputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        run = ctx.run
+        run.backward_clock = (run.field.counter.snapshot(), time.perf_counter())
+        run.info.backward = PassStats(run.field.counter.since(run.backward_clock[0]),
+                                      run.info.forward.steps_accepted, run.info.forward.steps_rejected, 0.0)
+        return grad, None
+
+
+def _tick(run: Run) -> None:
+    """After each VJP autograd runs in direct mode: bring the backward PassStats up to date."""
+    if run.backward_clock is not None:
+        snapshot, start = run.backward_clock
+        run.info.backward.oracle = run.field.counter.since(snapshot)
+        run.info.backward.wall_time = time.perf_counter() - start
+
+
+def _direct(run: Run, y0row: torch.Tensor, count_floats: bool) -> torch.Tensor:
+    """Autograd through the solve; with `count_floats`, the floats its graph saved are
+    counted (graph_saved_floats: one visit per node, no hooks, so func may use torch.func)."""
+    outputs, _ = run_forward(run, y0row, keep_path=False)
+    if not outputs.requires_grad:
+        return outputs
+    if count_floats:
+        run.info.stored_floats = graph_saved_floats(outputs)
+    run.field.on_vjp = lambda: _tick(run)
+    return _BackwardClock.apply(outputs, run)
