@@ -128,7 +128,9 @@ def floors(curves, target: float, error: str, costs) -> dict:
     reaches a level counts as dearer).
 
     `*_is_lower_bound` is true when CTPG's cheapest setting already beats the target, so
-    its cost there is only an upper bound and the ratio a lower bound.
+    its cost there is only an upper bound and the ratio a lower bound. Where BPTT never
+    reaches the target the ratio is None and `*_at_least` bounds it from below (BPTT's
+    dearest try over CTPG's cost at the target).
     """
     out = {"error": error, "target": target}
     ctpg_labels = [k for k in curves if k.startswith("CTPG")]
@@ -143,6 +145,9 @@ def floors(curves, target: float, error: str, costs) -> dict:
         best, exact = best_ctpg(target, cost)
         out[f"bptt_over_ctpg_{cost}"] = None if bptt is None or best is None else bptt / best
         out[f"bptt_over_ctpg_{cost}_is_lower_bound"] = best is not None and not exact
+        if bptt is None and best is not None and curves.get("BPTT-Euler"):
+            # BPTT never reaches the target: the dearest setting it tried bounds its cost from below
+            out[f"bptt_over_ctpg_{cost}_at_least"] = max(p[cost] for p in curves["BPTT-Euler"]) / best
     for back in ("Backsolve", "Backsolve-ckpt10"):   # every setting may have failed: no curve
         for cost in costs:
             below = []
