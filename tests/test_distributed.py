@@ -3,12 +3,11 @@ ends, the oracle counts add up, resume works, and bad requests are refused befor
 process starts.
 
 Exactness holds where a sample's gradient does not depend on the batch it shares: BPTT
-and fixed-step CTPG now; adaptive CTPG once the estimators offer per-sample steps. Each
+fixed-step CTPG, and adaptive CTPG with per-sample steps (per_sample=True). Each
 2-process run spawns one Python (about 3-5 s on 2 cores); the default tests spawn three.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import subprocess
@@ -91,9 +90,6 @@ def test_adaptive_ctpg_oracle_counts_add_up_over_the_shards(tmp_path):
     assert first["cost/train"] == pytest.approx(weighted, rel=EXACT)
 
 
-@pytest.mark.skipif("per_sample" not in inspect.signature(ctpg.CTPG).parameters,
-                    reason="ctpg.CTPG has no per_sample option yet: with shared adaptive steps a shard takes "
-                           "its own steps, so 2 processes differ from 1 at the solver tolerance")
 def test_two_processes_adaptive_ctpg_with_per_sample_steps_equal_one_process(tmp_path):
     one = train(tmp_path, "one", estimator="ctpg", iters=3, per_sample=True)
     two = train(tmp_path, "two", estimator="ctpg", iters=3, per_sample=True, nproc=2)
@@ -102,12 +98,9 @@ def test_two_processes_adaptive_ctpg_with_per_sample_steps_equal_one_process(tmp
 
 def test_per_sample_is_refused_clearly_where_the_estimator_lacks_it(tmp_path):
     from agents.builders import make_estimator
-    config = agents.resolve_config("lqr", "ctpg", per_sample=True)
-    if "per_sample" in inspect.signature(ctpg.CTPG).parameters:
-        assert make_estimator(config).per_sample
-    else:
-        with pytest.raises(ConfigError, match="per_sample=True needs ctpg.CTPG"):
-            make_estimator(config)
+    assert make_estimator(agents.resolve_config("lqr", "ctpg", per_sample=True)).per_sample
+    with pytest.raises(ConfigError, match="per_sample=True needs ctpg.Backsolve"):
+        make_estimator(agents.resolve_config("lqr", "backsolve", per_sample=True))
 
 
 def test_bad_process_counts_are_refused_before_anything_starts(tmp_path, monkeypatch, capsys):
