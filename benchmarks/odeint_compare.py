@@ -43,7 +43,7 @@ from benchmarks._config import parse_config, publish, torch_threads
 from benchmarks._neural_ode import MLPField, central_difference_check, peak_rss_mb, relative_error, train
 from benchmarks.fitzhugh_nagumo import Config as FHNConfig
 from benchmarks.fitzhugh_nagumo import make_data
-from benchmarks.torchdiffeq_compare import cost_at
+from benchmarks.torchdiffeq_compare import VJPTap, cost_at
 from ctpg.ode import graph_saved_floats
 
 METHODS = ("ctpg-interpolating", "ctpg-backsolve", "ctpg-direct", "torchdiffeq-odeint", "torchdiffeq-adjoint",
@@ -109,19 +109,7 @@ class Counted(torch.nn.Module):
 
     def forward(self, t, y):
         self.calls += 1
-        return _Tap.apply(self.model(t, y), self)
-
-
-class _Tap(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, out, module):
-        ctx.module = module
-        return out.view_as(out)
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.module.vjps += 1
-        return grad, None
+        return VJPTap.apply(self.model(t, y), self)
 
 
 def gradient(problem: dict, method: str, tol: float):

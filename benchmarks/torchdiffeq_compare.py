@@ -163,11 +163,11 @@ class ClosedLoop(torch.nn.Module):
         self.calls += 1
         x = y[:, :-1]
         u = self.policy(x)
-        return _Tap.apply(torch.cat([self.system.f(x, u), self.system.running_cost(x, u)[:, None]], 1), self)
+        return VJPTap.apply(torch.cat([self.system.f(x, u), self.system.running_cost(x, u)[:, None]], 1), self)
 
 
-class _Tap(torch.autograd.Function):
-    """Identity whose backward counts one VJP of the ODE function."""
+class VJPTap(torch.autograd.Function):
+    """Identity whose backward counts one VJP of the ODE function (on `module.vjps`)."""
 
     @staticmethod
     def forward(ctx, out, module):

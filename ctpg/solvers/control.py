@@ -99,18 +99,11 @@ def initial_step(func, t0: float, y0, f0, order: int, rtol, atol, direction: flo
     derivative of y; `select` picks the components that control the step (as the
     solve's error norm does). Costs one call of func.
     """
-    if per_sample:
-        return _initial_step_per_sample(func, t0, y0, f0, order, rtol, atol, direction, select)
     select = select or (lambda v: v)
-    scale = atol + rtol * select(y0).abs()
-    # Components with zero scale (atol = 0 at a zero value, e.g. an accrued cost at t0)
-    # say nothing about the step size yet: they are left out, not divided by zero.
-    scale = torch.where(scale > 0, scale, torch.full_like(scale, INF))
-
-    def rms(v):
-        return scaled_rms(v, torch.zeros_like(v), torch.zeros_like(v), 0.0, scale)
-
+    rms = _first_step_norm(select(y0), rtol, atol)
     d0, d1 = rms(select(y0)), rms(select(f0))
+    if per_sample:
+        return _initial_step_per_sample(func, t0, y0, f0, order, direction, select, rms, d0, d1)
     moving = d1 >= 1e-5
     h0_rows = torch.where((d0 < 1e-5) | ~moving, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
     h0 = float(h0_rows[moving].min()) if bool(moving.any()) else 1e-6
@@ -124,16 +117,17 @@ def initial_step(func, t0: float, y0, f0, order: int, rtol, atol, direction: flo
     return min(100 * h0, h1)
 
 
-def _initial_step_per_sample(func, t0, y0, f0, order, rtol, atol, direction, select) -> torch.Tensor:
-    """The same rule with one first step per sample [N]; func(t, y) takes a float t."""
-    select = select or (lambda v: v)
-    scale = atol + rtol * select(y0).abs()
+def _first_step_norm(y0, rtol, atol):
+    """Each sample's RMS of a vector v scaled by atol + rtol |y0| (the first-step rule's norm)."""
+    scale = atol + rtol * y0.abs()
+    # Components with zero scale (atol = 0 at a zero value, e.g. an accrued cost at t0)
+    # say nothing about the step size yet: they are left out, not divided by zero.
     scale = torch.where(scale > 0, scale, torch.full_like(scale, INF))
+    return lambda v: scaled_rms(v, torch.zeros_like(v), torch.zeros_like(v), 0.0, scale)
 
-    def rms(v):
-        return scaled_rms(v, torch.zeros_like(v), torch.zeros_like(v), 0.0, scale)
 
-    d0, d1 = rms(select(y0)), rms(select(f0))
+def _initial_step_per_sample(func, t0, y0, f0, order, direction, select, rms, d0, d1) -> torch.Tensor:
+    """The same rule with one first step per sample [N]; func(t, y) takes a float t."""
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
     shape = (-1,) + (1,) * (y0.ndim - 1)
     f1 = func(t0 + direction * h0, y0 + direction * h0.view(shape).to(y0.dtype) * f0)
