@@ -258,11 +258,19 @@ def summarise(runs: list[dict]) -> dict:
                 mean_iteration_evals=q("mean_iteration_evals"), statuses=[r["status"] for r in runs])
 
 
+def _ratio(value) -> str:
+    """A reach ratio for display; inf (None once written to JSON) is "never"."""
+    return "never" if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
 def plot(result: dict, path):
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(AXES), figsize=(5.3 * len(AXES), 4.5), sharey=True)
+    # simulator calls only where a simulator was called (the cart-pole)
+    shown = [(axis, label) for axis, label in AXES
+             if any(max(c[axis]["x"], default=0) > 0 for c in result["curves"].values())]
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.3 * len(shown), 4.5), sharey=True)
     colours = {"ctpg": "tab:blue", "bptt": "tab:orange", "backsolve": "tab:green"}
-    for ax, (axis, label) in zip(axes, AXES):
+    for ax, (axis, label) in zip(axes, shown):
         for name, curves in result["curves"].items():
             c = curves[axis]
             ax.plot(c["x"], c["median"], color=colours[name], label=result["labels"][name])
@@ -274,7 +282,10 @@ def plot(result: dict, path):
     axes[0].legend(fontsize=8)
     f = result["floor"]
     verdict = {None: "reported", True: "holds", False: "FAILS"}[f["holds"]]
-    medians = ", ".join(f"{k} {v:.3g}" for k, v in f["median_ratio"].items())
+    medians = ", ".join(f"{k} {_ratio(v)}" for k, v in f["median_ratio"].items())
+    if f.get("per_seed_median_within_1pc"):
+        medians += "; to within 1 %, median of seeds: " + ", ".join(
+            f"{k} {_ratio(v)}" for k, v in f["per_seed_median_within_1pc"].items())
     fig.suptitle(f"{result['config']['env']}, {result['config']['seeds']} seed(s): {f['floor']}\n"
                  f"median curves: {medians} -> {verdict}", fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
