@@ -277,3 +277,24 @@ def test_tstops_land_on_a_jump_and_save_rejections():
     assert float(told.trajectory.evaluate(0.25)) == pytest.approx(0.25, abs=1e-12)
     back = solve(jump, told.y1, 1.0, 0.0, method="dopri5", rtol=1e-8, atol=1e-10, tstops=[0.5])
     assert float(back.y1) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("forward", [True, False], ids=["forward", "backward"])
+def test_auto_never_evaluates_outside_the_interval_when_it_switches_at_the_end(forward):
+    # Stiffness sets in just before the end, so the switch test may linearise at the
+    # last point; a difference for dF/dt taken there must not step past the interval
+    # (a right-hand side reading a stored trajectory cannot be evaluated outside it).
+    # The (onset, k, tol) cases made the switch fall on the last step before the fix.
+    t0, t1 = (0.0, 1.0) if forward else (1.0, 0.0)
+    switched = 0
+    for onset, k, tol in ((0.05, 1000.0, 1e-3), (0.02, 1000.0, 3e-2), (0.002, 1e4, 3e-2)):
+        def late_stiff(t, y):
+            if not 0.0 <= t <= 1.0:
+                raise ValueError(f"t={t} is outside [0, 1]")
+            stiff = t > 1.0 - onset if forward else t < onset
+            return -(k if stiff else 1.0) * (y - math.cos(t))
+
+        sol = solve(late_stiff, torch.ones(1, 1, dtype=torch.float64), t0, t1, method="auto", rtol=tol, atol=tol)
+        switched += sol.method_switches
+        assert torch.isfinite(sol.y1).all()
+    assert switched > 0

@@ -189,8 +189,18 @@ class Rosenbrock:
         return StepperState(f=f, g=g, t=t, mode="implicit")
 
     def linearise(self, rhs, state, t, y, h) -> Linearisation:
+        """The Jacobian to use for a step of size h from (t, y) (jacobian_at), with dF/dt
+        for non-autonomous problems, taken inside that step."""
+        lin = self.jacobian_at(state, t, y)
+        if self.autonomous:
+            return lin
+        if state.time_derivative_at != t:
+            state.time_derivative, state.time_derivative_at = self._time_derivative(rhs, state, t, y, h), t
+        return dataclasses.replace(lin, time_derivative=state.time_derivative)
+
+    def jacobian_at(self, state, t, y) -> Linearisation:
         """The Jacobian to use at (t, y): cached at this point, or (W-methods) from an
-        earlier accepted step; dF/dt is computed here for non-autonomous problems."""
+        earlier accepted step; computed (one jacobian call) otherwise."""
         reuse = state.linearisation is not None and (
             state.linearised_at == t
             or (self.tableau.w_method and not state.stale and state.jacobian_age < self.max_jacobian_age))
@@ -204,12 +214,7 @@ class Rosenbrock:
             state.linearisation, state.linearised_at, state.stale, state.jacobian_age = lin, t, False, 0
         elif state.linearised_at != t:
             state.jacobian_age += 1
-        lin = state.linearisation
-        if self.autonomous:
-            return lin
-        if state.time_derivative_at != t:
-            state.time_derivative, state.time_derivative_at = self._time_derivative(rhs, state, t, y, h), t
-        return dataclasses.replace(lin, time_derivative=state.time_derivative)
+        return state.linearisation
 
     @staticmethod
     def _time_derivative(rhs, state, t, y, h):
@@ -361,7 +366,9 @@ class AutoSwitch:
             state.patience = state.patience + 1 if suspicious else 0
             if state.patience >= self.patience:
                 state.patience = 0
-                self.implicit.linearise(rhs, state, t1, step.y1, step.h)   # kept for the first implicit step
+                # Kept for the first implicit step. Only J: dF/dt waits for that step, whose
+                # direction keeps its difference inside the interval (t1 may be its end).
+                self.implicit.jacobian_at(state, t1, step.y1)
                 if abs(step.h) * _spectral_radius(state.linearisation.J) > self.threshold * self.boundary:
                     self._switch(state, "implicit")
         else:
