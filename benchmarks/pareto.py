@@ -116,9 +116,10 @@ def make_policy(system, cfg: Config):
     """LQR: u = -Kx at the optimal gain, or that gain plus 0.5 N(0, 1) per entry (seeded).
 
     Otherwise a seeded tanh MLP (16 hidden units), all of whose weights are theta, with
-    - quadrotor: u = u_hover - K x + mlp(x), K the LQR gain of the hover linearisation
-      (fixed, not in theta). Without it the MLP's thrust is ~0: the vehicle free-falls
-      and tumbles to 0.05 rad of the Euler-angle singularity (pitch = pi/2) within T.
+    - quadrotor: u = u_hover + squash(-K x + mlp(x)), K the LQR gain of the hover
+      linearisation (fixed, not in theta), the squash keeping u inside 90 % of the
+      action bounds. Without K the MLP's thrust is ~0: the vehicle free-falls and
+      tumbles to 0.05 rad of the Euler-angle singularity (pitch = pi/2) within T.
     - cartpole: u = 0.9 tanh(mlp(x)) with the MLP's last layer scaled by 0.2. At full
       scale the cart hits the slider limit (|p| = 4.8) at t ~ 1.5 s, a stiff, non-smooth
       contact where no gradient (reference included) means anything; tanh keeps |u| < 1,
@@ -145,7 +146,14 @@ def make_policy(system, cfg: Config):
     mlp = seeded_mlp(system, cfg.seed, scale=0.2 if cfg.env == "cartpole" else 1.0)
     if hasattr(system, "hover_action"):
         x_eq = torch.zeros(system.state_dim, dtype=system.dtype, device=system.device)
-        return FeedbackPlusMLP(system.hover_action, linearised_lqr_gain(system, x_eq, system.hover_action), mlp)
+        K = linearised_lqr_gain(system, x_eq, system.hover_action)
+        # Hover is the middle of the thrust range and the torques' bounds are symmetric,
+        # so the squash (unit slope at its centre) adds -Kx + mlp(x) to hover and keeps
+        # the action inside the bounds, where the estimators' saturation (a jump in the
+        # adjoint's right-hand side) would stall the 1e-12 reference solve.
+        assert torch.allclose((system.action_low + system.action_high) / 2, system.hover_action)
+        return torch.nn.Sequential(FeedbackPlusMLP(torch.zeros_like(system.hover_action), K, mlp),
+                                   inner_squash(system.action_low, system.action_high))
     if system.action_low is not None:
         return torch.nn.Sequential(mlp, inner_squash(system.action_low, system.action_high))
     return mlp
