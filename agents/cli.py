@@ -21,7 +21,7 @@ import dataclasses
 import importlib
 import sys
 
-from agents.config import ENV_DEFAULTS, ConfigError, TrainConfig
+from agents.config import CTPG_DEFAULTS, ENV_DEFAULTS, ConfigError, TrainConfig
 
 EXIT_INTERRUPTED = 130   # the shell's code for a process stopped by SIGINT
 
@@ -78,6 +78,7 @@ def _env_name(text: str) -> str:
 
 def _per_env_note(name: str) -> str:
     values = [f"{env} {table[name]}" for env, table in ENV_DEFAULTS.items() if name in table]
+    values += [f"{env} {table[name]} with ctpg" for env, table in CTPG_DEFAULTS.items() if name in table]
     return f"; per env: {', '.join(values)}" if values else ""
 
 

@@ -275,3 +275,14 @@ def test_the_trainer_estimates_with_the_policy_in_eval_mode(tmp_path):
     result = tiny(tmp_path, policy=policy, iters=2)
     assert result.status == "completed" and result.skipped_steps == 0
     assert not policy.training
+
+
+def test_ctpg_only_settings_apply_to_ctpg_alone():
+    # the cart-pole's best measured CTPG setting must not leak into the other estimators,
+    # which lack reuse_jacobians (and Backsolve a Rosenbrock adjoint)
+    ctpg = agents.resolve_config("cartpole", "ctpg")
+    assert ctpg.method == "auto:dopri5+rosenbrock23" and ctpg.reuse_jacobians
+    for other in ("backsolve", "bptt"):
+        config = agents.resolve_config("cartpole", other)
+        assert config.method == "dopri5" and not config.reuse_jacobians
+    assert not agents.resolve_config("cartpole", "ctpg", reuse_jacobians=False).reuse_jacobians
