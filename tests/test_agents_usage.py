@@ -63,6 +63,7 @@ def test_ctrl_c_saves_a_checkpoint_at_the_iteration_boundary_and_resumes_exactly
     def press_ctrl_c(step, scalars):
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)
+    before = signal.getsignal(signal.SIGINT)   # default_int_handler, or SIG_IGN under nohup / `&`
     whole = tiny(tmp_path, "whole", eval_every=2)
     stopped = tiny(tmp_path, "stopped", eval_every=2, progress_fn=press_ctrl_c)
     assert stopped.status == "interrupted" and stopped.step == 3
@@ -70,7 +71,7 @@ def test_ctrl_c_saves_a_checkpoint_at_the_iteration_boundary_and_resumes_exactly
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted at iteration 3 of 6" in err[0]
     assert f"resume with: ctpg train --logdir {stopped.run_dir} --resume" in err[0]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+    assert signal.getsignal(signal.SIGINT) is before   # the caller's handler restored
     resumed = agents.train(logdir=stopped.run_dir, resume=True)
     for a, b in zip(whole.policy.parameters(), resumed.policy.parameters()):
         assert torch.equal(a, b)
