@@ -34,7 +34,8 @@ and on the median of the per-seed ratios (a floor holds when both medians meet i
   quadrotor, quadrotor_realistic: BPTT gets CTPG's total oracle budget
     (max_oracle_evals); reported, no floor (CTPG's final cost over BPTT's).
 CTPG runs with the environment's defaults unless --method / --rtol / --atol say
-otherwise (the stiff solvers for the cart-pole: see README).
+otherwise (for the cart-pole these are auto:dopri5+rosenbrock23 with reused Jacobians,
+agents/config.py CTPG_DEFAULTS; README).
 
     python -m benchmarks.learning --env diffdrive [--backsolve] [--smoke | --full] [--out DIR]
     python -m benchmarks.learning --env diffdrive --full --ray      # the runs as Ray tasks
@@ -85,7 +86,8 @@ class Config:
     atol: float = 0.0
     """CTPG's atol (0: the environment's default)"""
     reuse_jacobians: bool = False
-    """CTPG reads the dynamics' Jacobians from a spline of the forward pass's (no simulator calls backward)"""
+    """CTPG reads the dynamics' Jacobians from a spline of the forward pass's (no simulator calls backward;
+    the cart-pole's default already does)"""
     backsolve: bool = False
     """also train with Backsolve (CTPG's tolerances); a run that diverges is reported as such"""
     threads: int = 1
@@ -321,7 +323,8 @@ def run(cfg: Config, runner=None) -> dict:
     runs = train_all(cfg, iters, dt, runner or SerialRunner())
     dt = runs["bptt"][0]["dt"]
     summary = {name: summarise(r) for name, r in runs.items()}
-    method = (cfg.method or defaults.method) + (", reused Jacobians" if cfg.reuse_jacobians else "")
+    reused = cfg.reuse_jacobians or defaults.reuse_jacobians
+    method = (cfg.method or defaults.method) + (", reused Jacobians" if reused else "")
     bptt_name = "BPTT-" + ("semi-implicit Euler" if cfg.env in BPTT_METHOD else "Euler")
     labels = {"ctpg": f"CTPG ({method})", "bptt": f"{bptt_name} (dt={dt:g})", "backsolve": f"Backsolve ({method})"}
     curves = {name: {axis: band(r, axis) for axis, _ in AXES} for name, r in runs.items()}
