@@ -19,34 +19,31 @@ import dataclasses
 import torch
 
 from ctpg.errors import MaxStepsExceeded, NonFiniteError, StepSizeTooSmall
-from ctpg.solvers.control import initial_step
+from ctpg.solvers.control import PIController, initial_step
 from ctpg.solvers.steppers import Step, StepperState, step_polynomial
 
 
 @dataclasses.dataclass
 class _Controller:
-    """The PI controller of control.PIController, one state per sample."""
+    """The PI controller of control.PIController, one state per sample (its gains and
+    bounds are that controller's, so the two cannot drift apart)."""
 
     prev: torch.Tensor
     rejected_last: torch.Tensor
-    safety: float = 0.9
-    min_factor: float = 0.2
-    max_factor: float = 10.0
-    beta1: float = 0.7
-    beta2: float = 0.4
+    gains: PIController = dataclasses.field(default_factory=PIController)
 
     def propose(self, rows, ratio: torch.Tensor, error_order: int):
         """(accept [k], factor [k]) for the samples `rows` with error ratios `ratio`."""
-        k = error_order + 1
+        k, g = error_order + 1, self.gains
         finite = torch.isfinite(ratio)
         accept = finite & (ratio <= 1.0)
         safe = torch.where(finite, ratio, torch.ones_like(ratio)).clamp_min(1e-300)
-        grow = self.safety * safe ** (-self.beta1 / k) * self.prev[rows] ** (self.beta2 / k)
-        grow = torch.where(ratio == 0, torch.full_like(ratio, self.max_factor), grow)
-        grow = grow.clamp(self.min_factor, self.max_factor)
+        grow = g.safety * safe ** (-g.beta1 / k) * self.prev[rows] ** (g.beta2 / k)
+        grow = torch.where(ratio == 0, torch.full_like(ratio, g.max_factor), grow)
+        grow = grow.clamp(g.min_factor, g.max_factor)
         grow = torch.where(self.rejected_last[rows], grow.clamp_max(1.0), grow)
-        shrink = (self.safety * safe ** (-1.0 / k)).clamp_min(self.min_factor)
-        shrink = torch.where(finite, shrink, torch.full_like(ratio, self.min_factor))
+        shrink = (g.safety * safe ** (-1.0 / k)).clamp_min(g.min_factor)
+        shrink = torch.where(finite, shrink, torch.full_like(ratio, g.min_factor))
         self.prev[rows] = torch.where(accept, ratio.clamp_min(1e-4), self.prev[rows])
         self.rejected_last[rows] = ~accept
         return accept, torch.where(accept, grow, shrink)
