@@ -29,20 +29,25 @@ def make_system(config: TrainConfig, device: str | None = None, **env_kwargs):
 
 
 def make_estimator(config: TrainConfig):
-    """ctpg.CTPG / ctpg.Backsolve (method, rtol, atol, or fixed steps solver_dt; per_sample
-    and reuse_jacobians where the estimator has them) or ctpg.BPTT (dt, bptt_method).
+    """ctpg.CTPG / ctpg.Backsolve (method, rtol, atol, or fixed steps solver_dt; per_sample,
+    reuse_jacobians, compile and sync_every where the estimator has them) or ctpg.BPTT (dt, bptt_method).
     Raises ConfigError for an option the estimator does not have."""
     import ctpg
     if config.estimator == "bptt":
         return ctpg.BPTT(dt=config.dt, method=config.bptt_method)
     cls = ctpg.CTPG if config.estimator == "ctpg" else ctpg.Backsolve
     kwargs = dict(method=config.method, rtol=config.rtol, atol=config.atol, dt=config.solver_dt)
-    for option in ("per_sample", "reuse_jacobians"):       # CTPG options a Backsolve lacks
+    for option in ("per_sample", "reuse_jacobians", "compile"):       # CTPG options a Backsolve lacks
         if getattr(config, option):
             if option not in inspect.signature(cls).parameters:
                 raise ConfigError(f"{option}=True needs ctpg.{cls.__name__}({option}=...), which it does not "
                                   f"have; drop it (--no-{option.replace('_', '-')}) or use the ctpg estimator")
             kwargs[option] = True
+    if config.sync_every is not None:
+        if "sync_every" not in inspect.signature(cls).parameters:
+            raise ConfigError(f"sync_every needs ctpg.CTPG(sync_every=...), which ctpg.{cls.__name__} does not "
+                              "have; drop it or use the ctpg estimator")
+        kwargs["sync_every"] = config.sync_every
     return cls(**kwargs)
 
 

@@ -50,6 +50,12 @@ class TrainConfig:
     reuse_jacobians: bool = _opt(False, "ctpg: compute the dynamics' Jacobians once per forward step and "
                                         "interpolate them backward (no system calls in the backward pass: "
                                         "for finite-difference simulators such as the cartpole)")
+    compile: bool = _opt(False, "ctpg: run the closed loop's right-hand side and adjoint stage under "
+                                "torch.compile (small systems; the first iteration compiles for seconds; "
+                                "systems whose vjp is autograd through f)")
+    sync_every: int | None = _opt(None, "ctpg: keep the adaptive step control on the device and read it back "
+                                        "every this many step attempts instead of every step (GPUs; explicit "
+                                        "methods)")
     optimizer: str = _opt("adam", "torch optimiser", choices=OPTIMIZERS)
     lr: float = _opt(1e-3, "learning rate")
     momentum: float = _opt(0.9, "momentum of sgd (and rmsprop)")

@@ -36,8 +36,13 @@ from agents.builders import make_estimator
 from benchmarks._config import parse_config, publish, torch_threads
 
 ESTIMATORS = ("ctpg", "bptt", "backsolve")
-LABELS = {"ctpg": "CTPG (dopri5)", "bptt": "BPTT-Euler", "backsolve": "Backsolve (dopri5)"}
-COLOURS = {"ctpg": "tab:blue", "bptt": "tab:orange", "backsolve": "tab:green"}
+# CTPG variants timed on request (--estimators): its torch.compile'd closed loop, and its
+# step control kept on the device with a read-back every 16 attempts (for GPUs)
+VARIANTS = {"ctpg-compile": dict(compile=True), "ctpg-sync16": dict(sync_every=16)}
+LABELS = {"ctpg": "CTPG (dopri5)", "bptt": "BPTT-Euler", "backsolve": "Backsolve (dopri5)",
+          "ctpg-compile": "CTPG, compiled", "ctpg-sync16": "CTPG, control on device"}
+COLOURS = {"ctpg": "tab:blue", "bptt": "tab:orange", "backsolve": "tab:green", "ctpg-compile": "tab:purple",
+           "ctpg-sync16": "tab:red"}
 
 
 @dataclasses.dataclass
@@ -47,7 +52,8 @@ class Config:
     horizon: float = 0.0
     """time horizon T (0: the environment's own)"""
     estimators: tuple = ESTIMATORS
-    """estimators to time (ctpg, bptt, backsolve) at the environment's training settings"""
+    """estimators to time (ctpg, bptt, backsolve) at the environment's training settings, and the CTPG
+    variants ctpg-compile (torch.compile'd closed loop) and ctpg-sync16 (step control on the device)"""
     batch_sizes: tuple = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
     """batch sizes N, ascending"""
     devices: tuple = ("cpu", "cuda")
@@ -81,7 +87,7 @@ def setup(cfg: Config, estimator: str, device: str, n: int):
     system = envs.make(cfg.env, device=device, **({"horizon": cfg.horizon} if cfg.horizon else {}))
     torch.manual_seed(cfg.seed)
     policy = agents.make_policy(system, last_layer_scale=cfg.last_layer_scale).eval()
-    settings = agents.resolve_config(cfg.env, estimator)
+    settings = agents.resolve_config(cfg.env, estimator.split("-")[0], **VARIANTS.get(estimator, {}))
     x0 = system.sample_initial_state(n, torch.Generator().manual_seed(cfg.seed))
     return system, policy, make_estimator(settings), x0
 
@@ -232,9 +238,10 @@ def main(argv=None) -> dict:
     cfg, budget = parse_config(Config, argv, "ctpg bench throughput", __doc__.split("\n\n")[0], PRESETS)
     if cfg.env not in envs.names():
         raise SystemExit(f"unknown environment {cfg.env!r}; choose one of: {', '.join(envs.names())}")
-    unknown = sorted(set(cfg.estimators) - set(ESTIMATORS))
+    unknown = sorted(set(cfg.estimators) - set(ESTIMATORS) - set(VARIANTS))
     if unknown:
-        raise SystemExit(f"unknown estimator(s) {', '.join(unknown)}; choose from {', '.join(ESTIMATORS)}")
+        raise SystemExit(f"unknown estimator(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(ESTIMATORS + tuple(VARIANTS))}")
     if any(n < 1 for n in cfg.batch_sizes):
         raise SystemExit(f"batch sizes must be positive, got {cfg.batch_sizes}")
     with torch_threads(cfg.threads):

@@ -4,7 +4,12 @@ For a fixed policy and a batch of initial states, dL/dtheta (L the batch mean of
 int_0^T w dt + J(x(T))) is computed at rtol = atol = each tolerance of the sweep by
 torchdiffeq.odeint_adjoint on the state [x, running cost] (dopri5) with the default
 adjoint norm ("adjoint") and with adjoint_options=dict(norm="seminorm"); by autograd
-through torchdiffeq.odeint (dopri5, "direct"); and by ctpg.CTPG (dopri5, tsit5).
+through torchdiffeq.odeint (dopri5, "direct"); and by ctpg.CTPG (dopri5, tsit5). The
+"-compiled" variants run the same under torch.compile: ctpg.CTPG(compile=True) (its
+forward rhs and backward stage compiled; systems with an autograd vjp only, so not
+LQR, whose vjp is analytic) and torchdiffeq's odeint with a compiled ODE function
+(autograd through the compiled graph), the same chance for both; their first call,
+which compiles, is a warm-up outside the sweep whose seconds are reported.
 Recorded per point: relative error ||g - g_ref|| / ||g_ref||, wall-clock (minimum
 over `repeats`) and function evaluations. One convention for the latter: per-sample
 evaluations of the closed loop f(x, pi(x)) or of one VJP of it, forward + backward;
@@ -34,9 +39,12 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 import ctpg
 import envs
 from benchmarks._config import parse_config, publish, torch_threads
+from ctpg.estimators.compiled import compilable
 from envs.diffdrive import observation_features
 
-METHODS = ("adjoint", "adjoint-seminorm", "direct", "ctpg-dopri5", "ctpg-tsit5")
+METHODS = ("adjoint", "adjoint-seminorm", "direct", "direct-compiled", "ctpg-dopri5", "ctpg-tsit5",
+           "ctpg-dopri5-compiled")
+CTPG_METHODS = ("ctpg-dopri5", "ctpg-tsit5", "ctpg-dopri5-compiled")
 LEVELS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 EVALS = "per-sample evaluations of f or of one VJP of f, forward + backward (a batched call on N states counts N)"
 
@@ -89,10 +97,10 @@ def flat(grads) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def ctpg_gradient(problem: dict, method: str, tol: float):
+def ctpg_gradient(problem: dict, method: str, tol: float, compile: bool = False):
     """(flat dL/dtheta, per-sample evals, raw counts) from ctpg.CTPG."""
-    loss, info = ctpg.CTPG(method=method, rtol=tol, atol=tol)(problem["system"], problem["policy"], problem["x0"],
-                                                             problem["T"])
+    estimator = ctpg.CTPG(method=method, rtol=tol, atol=tol, compile=compile)
+    loss, info = estimator(problem["system"], problem["policy"], problem["x0"], problem["T"])
     grad = flat(torch.autograd.grad(loss, problem["params"]))
     return grad, info.oracle_evals, dict(forward=info.forward.oracle, backward=info.backward.oracle)
 
@@ -153,17 +161,24 @@ def finite_difference_check(problem: dict, cfg: Config, eps: float = 1e-5) -> di
 
 
 class ClosedLoop(torch.nn.Module):
-    """[x, c] -> [f(x, pi(x)), w(x, pi(x))] for torchdiffeq; counts its calls and their VJPs."""
+    """[x, c] -> [f(x, pi(x)), w(x, pi(x))] for torchdiffeq; counts its calls and their
+    VJPs. With `compiled`, the function of y runs under torch.compile (compiled once per
+    problem and kept in problem["compiled_rhs"], like a user's compiled module)."""
 
-    def __init__(self, system, policy):
+    def __init__(self, system, policy, compiled=None):
         super().__init__()
         self.system, self.policy, self.calls, self.vjps = system, policy, 0, 0
+        self.rhs = compiled or self.closed_loop
+
+    def closed_loop(self, y):
+        x = y[:, :-1]
+        u = self.policy(x)
+        f = getattr(type(self.system).f, "__wrapped__", type(self.system).f)   # uncounted: counted here
+        return torch.cat([f(self.system, x, u), self.system.running_cost(x, u)[:, None]], 1)
 
     def forward(self, t, y):
         self.calls += 1
-        x = y[:, :-1]
-        u = self.policy(x)
-        return VJPTap.apply(torch.cat([self.system.f(x, u), self.system.running_cost(x, u)[:, None]], 1), self)
+        return VJPTap.apply(self.rhs(y), self)
 
 
 class VJPTap(torch.autograd.Function):
@@ -184,7 +199,12 @@ def torchdiffeq_gradient(problem: dict, variant: str, tol: float):
     """(flat dL/dtheta, per-sample evals, raw counts) from torchdiffeq."""
     import torchdiffeq
     system, x0 = problem["system"], problem["x0"]
-    func = ClosedLoop(system, problem["policy"])
+    compiled = None
+    if variant == "direct-compiled":
+        if "compiled_rhs" not in problem:
+            problem["compiled_rhs"] = torch.compile(ClosedLoop(system, problem["policy"]).closed_loop)
+        compiled, variant = problem["compiled_rhs"], "direct"
+    func = ClosedLoop(system, problem["policy"], compiled)
     y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
     t = torch.tensor([0.0, problem["T"]], dtype=x0.dtype, device=x0.device)
     if variant == "direct":
@@ -204,7 +224,7 @@ def measure(problem: dict, method: str, tol: float, repeats: int) -> dict:
     for _ in range(repeats):
         start = time.perf_counter()
         if method.startswith("ctpg"):
-            grad, evals, raw = ctpg_gradient(problem, method.split("-")[1], tol)
+            grad, evals, raw = ctpg_gradient(problem, method.split("-")[1], tol, method.endswith("-compiled"))
         else:
             grad, evals, raw = torchdiffeq_gradient(problem, method, tol)
         if grad.is_cuda:
@@ -252,13 +272,18 @@ def floor_check(points: list) -> dict:
                                  ratio=None if None in (mine, theirs) else theirs / mine))
         out[f"ctpg-dopri5_below_{adjoint}"] = dict(holds=all(v["below"] is not False for v in verdicts),
                                                    per_level=verdicts)
-    # the faster-backward floor: CTPG >= 1.3x faster than autograd through odeint at 1e-4 and 1e-6
-    best_ctpg = [min((w for w in ws if w is not None), default=None)
-                 for ws in zip(walls["ctpg-dopri5"], walls["ctpg-tsit5"])]
-    speedup = {f"{e:g}": None if None in (mine, theirs) else theirs / mine
-               for e, mine, theirs in zip(LEVELS, best_ctpg, walls["direct"])}
-    out["direct_over_ctpg_wall"] = dict(per_level=speedup, holds=all(
-        speedup[k] is not None and speedup[k] >= 1.3 for k in ("0.0001", "1e-06")))
+    # the faster-backward floor: CTPG >= 1.3x faster than autograd through odeint at 1e-4 and 1e-6;
+    # reported for eager CTPG, for the best CTPG (compiled included) and against a compiled odeint
+    def best(methods):
+        return [min((w for w in ws if w is not None), default=None) for ws in zip(*(walls[m] for m in methods))]
+
+    for key, theirs_method, ours in (("direct_over_ctpg_wall", "direct", best(CTPG_METHODS)),
+                                     ("direct_over_eager_ctpg_wall", "direct", best(CTPG_METHODS[:2])),
+                                     ("compiled_direct_over_ctpg_wall", "direct-compiled", best(CTPG_METHODS))):
+        speedup = {f"{e:g}": None if None in (mine, theirs) else theirs / mine
+                   for e, mine, theirs in zip(LEVELS, ours, walls[theirs_method])}
+        out[key] = dict(per_level=speedup, holds=all(
+            speedup[k] is not None and speedup[k] >= 1.3 for k in ("0.0001", "1e-06")))
     return out
 
 
@@ -309,10 +334,15 @@ def print_summary(result: dict):
                   + ("holds" if check["holds"] else f"does NOT hold at {where[False]}")
                   + (f"; neither reaches {where[None]}" if where[None] else "")
                   + f"; wall-clock ratio {adjoint}/ctpg per level: {ratios}")
-        direct = res["floor"]["direct_over_ctpg_wall"]
-        print("  autograd through odeint over the best CTPG, wall-clock per level: "
-              + " ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in direct["per_level"].items())
-              + f"; >= 1.3 at 1e-4 and 1e-6: {'holds' if direct['holds'] else 'does NOT hold'}")
+        for key, label in (("direct_over_ctpg_wall", "autograd through odeint over the best CTPG"),
+                           ("direct_over_eager_ctpg_wall", "autograd through odeint over the best eager CTPG"),
+                           ("compiled_direct_over_ctpg_wall", "autograd through compiled odeint over the best CTPG")):
+            direct = res["floor"][key]
+            print(f"  {label}, wall-clock per level: "
+                  + " ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in direct["per_level"].items())
+                  + f"; >= 1.3 at 1e-4 and 1e-6: {'holds' if direct['holds'] else 'does NOT hold'}")
+        print("  first call of the compiled variants (compilation included; untimed warm-up): "
+              + (", ".join(f"{m} {v:.1f} s" for m, v in res["warmup_seconds"].items()) or "none"))
 
 
 def run(cfg: Config) -> dict:
@@ -325,15 +355,21 @@ def run(cfg: Config) -> dict:
     for name in cfg.systems:
         problem = builders[name](cfg)
         print(f"{name}: reference ready ({problem['check']})")
-        points, failures = [], []
+        points, failures, warmup = [], [], {}
+        not_compilable = compilable(problem["system"], problem["policy"], problem["params"])
         for method in METHODS:
             for tol in cfg.tolerances:
+                if method.startswith("ctpg") and method.endswith("-compiled") and not_compilable:
+                    failures.append(dict(method=method, tol=tol, error=f"not compilable: {not_compilable}"))
+                    continue
                 try:
+                    if method.endswith("-compiled") and method not in warmup:     # compile outside the sweep
+                        warmup[method] = measure(problem, method, tol, 1)["wall_time"]
                     points.append(measure(problem, method, tol, cfg.repeats))
                 except (RuntimeError, FloatingPointError, AssertionError) as err:   # solver failures
                     failures.append(dict(method=method, tol=tol, error=f"{type(err).__name__}: {err}"))
             print(f"  {method} done")
-        result["systems"][name] = dict(check=problem["check"], points=points, failures=failures,
+        result["systems"][name] = dict(check=problem["check"], points=points, failures=failures, warmup_seconds=warmup,
                                        floor=floor_check(points), batch=cfg.batch, horizon=problem["T"])
     return result
 

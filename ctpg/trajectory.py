@@ -77,15 +77,32 @@ class Trajectory:
         time per selected sample."""
         if isinstance(t, torch.Tensor) and t.ndim:
             return self._evaluate_each(t, rows)
+        if isinstance(t, torch.Tensor):          # a device-side solve's time: no read-back
+            return self._evaluate_on_device(t, rows)
         i, theta, _ = self._locate(float(t))
         c = self.coefs[i] if rows is None else self.coefs[i][:, rows]
         return _horner(c, theta)
 
-    def _evaluate_each(self, t: torch.Tensor, rows) -> torch.Tensor:
-        self._check(float(t.min())), self._check(float(t.max()))
+    def _times_on_device(self) -> torch.Tensor:
         if self._times_tensor is None:
             self._times_tensor = torch.tensor(self.times, dtype=torch.float64, device=self.coefs.device)
-        times = self._times_tensor
+        return self._times_tensor
+
+    def _evaluate_on_device(self, t: torch.Tensor, rows) -> torch.Tensor:
+        """y(t) for a 0-dim tensor t without reading t back to the host: the piece is
+        found by searchsorted on the device. For solvers stepping inside [t0, t1]
+        (ctpg.solvers.on_device); a t outside is clamped to the end pieces, not refused
+        (refusing would need the read-back this path exists to avoid)."""
+        times = self._times_on_device()
+        t64 = t.to(torch.float64).reshape(1)
+        i = (torch.searchsorted(times, t64, right=True) - 1).clamp(0, len(self.times) - 2)
+        c = self.coefs[i][0] if rows is None else self.coefs[i][0][:, rows]
+        theta = ((t64 - times[i]) / (times[i + 1] - times[i])).to(c.dtype)[0]
+        return _horner(c, theta)
+
+    def _evaluate_each(self, t: torch.Tensor, rows) -> torch.Tensor:
+        self._check(float(t.min())), self._check(float(t.max()))
+        times = self._times_on_device()
         t64 = t.to(torch.float64)
         i = (torch.searchsorted(times, t64, right=True) - 1).clamp(0, len(self.times) - 2)
         rows = torch.arange(t.shape[0], device=t.device) if rows is None else rows

@@ -189,10 +189,12 @@ class ControlAdjoint:
     weigh 1. With per_sample, derivatives(t, lam, rows) reads each sample's own time
     and keeps the parameter gradient per sample ([N, P])."""
 
-    def __init__(self, system, policy, params, system_params, path, per_sample: bool = False, jacobians=None):
+    def __init__(self, system, policy, params, system_params, path, per_sample: bool = False, jacobians=None,
+                 stage=None):
         self.system, self.policy, self.params = system, policy, params
         self.system_params, self.path, self.per_sample = system_params, path, per_sample
         self.jacobians = jacobians        # a JacobianSpline: f_x, f_u without system calls
+        self.stage = stage                # stage(t, x, lam) -> (dlam, dmu): a compiled adjoint_derivatives
 
     def _jac(self, t):
         return None if self.jacobians is None else self.jacobians.evaluate(t)
@@ -203,6 +205,8 @@ class ControlAdjoint:
     def derivatives(self, t, lam, rows=None):
         if self.per_sample:
             return adjoint_derivatives_per_sample(self.system, self.policy, self.params, self.state(t, rows), lam)
+        if self.stage is not None:
+            return self.stage(t, self.state(t), lam)
         dlam, dmu, _ = adjoint_derivatives(self.system, self.policy, self.params, self.state(t), lam,
                                            1.0, self.system_params, self._jac(t))
         return dlam, dmu

@@ -6,6 +6,7 @@ import torch
 from ctpg.adjoint import solve_adjoint, unflatten
 from ctpg.estimators.base import Estimator
 from ctpg.estimators.closed_loop import ControlAdjoint, closed_loop_jacobian, closed_loop_rhs, terminal_adjoint
+from ctpg.estimators.compiled import CompiledClosedLoop
 from ctpg.estimators.jacobian_spline import JacobianSpline
 from ctpg.solvers import is_stiff_method, solve
 
@@ -37,6 +38,16 @@ class CTPG(Estimator):
     system call backward, an O(h^4) error in the forward step h, (S+1) N d (d+k) more
     stored floats.
 
+    Small systems (a few states, a small MLP): `compile=True` runs the forward
+    right-hand side and the backward stage under torch.compile (CompiledClosedLoop),
+    which cuts eager torch's per-operation overhead that dominates there; the first
+    estimate pays the compilation (seconds), later ones reuse it. Needs f and costs in
+    torch and the policy's own parameters only; not with per_sample or reuse_jacobians.
+
+    GPUs: `sync_every=k` keeps the adaptive step control of both passes on the device
+    and reads it back every k attempts instead of every step (explicit methods; see
+    ctpg.solvers.on_device), at the price of up to k - 1 discarded attempts per solve.
+
     Stores O(steps x N x d) floats. Costs per forward stage one f call, per backward
     stage one vjp (plus Jacobians for stiff methods); both passes adapt their steps to
     the requested accuracy. Lands on the system's breakpoints (system.breakpoints)
@@ -52,7 +63,8 @@ class CTPG(Estimator):
                  adjoint_method: str | None = None, adjoint_rtol: float | None = None,
                  adjoint_atol: float | None = None, dt: float | None = None,
                  adjoint_dt: float | None = None, adjoint_seminorm: bool = False,
-                 max_steps: int = 100_000, per_sample: bool = False, reuse_jacobians: bool = False):
+                 max_steps: int = 100_000, per_sample: bool = False, reuse_jacobians: bool = False,
+                 compile: bool = False, sync_every: int | None = None):
         self.method, self.rtol, self.atol, self.dt = method, rtol, atol, dt
         self.adjoint_method = adjoint_method or method
         self.adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
@@ -63,12 +75,29 @@ class CTPG(Estimator):
         if reuse_jacobians and per_sample:
             raise ValueError("reuse_jacobians needs one mesh for the batch; use it with per_sample=False")
         self.reuse_jacobians = reuse_jacobians
+        if compile and (per_sample or reuse_jacobians):
+            raise ValueError("compile=True compiles the shared-step closed loop with the system's own vjp; "
+                             "use it with per_sample=False and reuse_jacobians=False")
+        self.compile = compile
+        self.sync_every = sync_every     # device-side step control in both passes (ctpg.solvers.on_device)
+        self._compiled = None        # the last CompiledClosedLoop: its code is tied to one system and policy
+
+    def __getstate__(self):          # compiled functions do not pickle (Ray, multiprocessing)
+        return dict(vars(self), _compiled=None)
+
+    def _compiled_loop(self, problem) -> CompiledClosedLoop:
+        loop = self._compiled
+        if loop is None or not loop.matches(problem.system, problem.policy, problem.params):
+            loop = self._compiled = CompiledClosedLoop(problem.system, problem.policy, problem.params)
+        return loop
 
     def __repr__(self):
         return (f"CTPG(method={self.method!r}, rtol={self.rtol}, atol={self.atol}, dt={self.dt}, "
                 f"adjoint_method={self.adjoint_method!r}, adjoint_seminorm={self.adjoint_seminorm}"
                 + (", per_sample=True" if self.per_sample else "")
-                + (", reuse_jacobians=True)" if self.reuse_jacobians else ")"))
+                + (", reuse_jacobians=True" if self.reuse_jacobians else "")
+                + (", compile=True" if self.compile else "")
+                + (f", sync_every={self.sync_every})" if self.sync_every else ")"))
 
     def _forward(self, problem):
         system, x0, d = problem.system, problem.x0, problem.system.state_dim
@@ -78,11 +107,17 @@ class CTPG(Estimator):
                              "(system.parameters()); use per_sample=False, reuse_jacobians=False")
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
         jacobian = closed_loop_jacobian(system, problem.policy) if is_stiff_method(self.method) else None
+        if self.compile:
+            loop = self._compiled_loop(problem)
+            rhs = loop.rhs(loop.parameters())
+        else:
+            rhs = closed_loop_rhs(system, problem.policy)
         with torch.no_grad():
-            sol = solve(closed_loop_rhs(system, problem.policy), y0, 0.0, problem.T, method=self.method,
+            sol = solve(rhs, y0, 0.0, problem.T, method=self.method,
                         rtol=self.rtol, atol=self.atol, dt=self.dt, max_steps=self.max_steps,
                         dense=problem.keep_for_backward, jacobian=jacobian, autonomous=True,
-                        tstops=system.breakpoints(problem.T), per_sample=self.per_sample)
+                        tstops=system.breakpoints(problem.T), per_sample=self.per_sample,
+                        sync_every=self.sync_every)
             xT = sol.y1[:, :d]
             costs = sol.y1[:, d] + system.terminal_cost(xT)
         stored = 0
@@ -101,7 +136,13 @@ class CTPG(Estimator):
         path = saved["path_kind"].from_state(saved)
         spline = (JacobianSpline(saved["jac_times"], saved["jac_x"], saved["jac_u"]) if self.reuse_jacobians
                   else None)
-        field = ControlAdjoint(system, problem.policy, params, problem.system_params, path, self.per_sample, spline)
+        stage = None
+        if self.compile:
+            loop = self._compiled_loop(problem)
+            values = loop.parameters()
+            stage = lambda t, x, lam: loop.stage(values, t, x, lam)     # noqa: E731
+        field = ControlAdjoint(system, problem.policy, params, problem.system_params, path, self.per_sample, spline,
+                               stage)
         lam_T, mu_T = terminal_adjoint(system, saved["xT"], params, 1.0)
         if self.per_sample:     # each sample its own gradient row; J depends on no policy parameter
             mu_T = mu_T.new_zeros(lam_T.shape[0], mu_T.numel())
@@ -109,7 +150,7 @@ class CTPG(Estimator):
                             rtol=self.adjoint_rtol, atol=self.adjoint_atol, dt=self.adjoint_dt,
                             first_step=saved["first_step"], max_steps=self.max_steps,
                             seminorm=self.adjoint_seminorm, tstops=system.breakpoints(problem.T),
-                            per_sample=self.per_sample)
+                            per_sample=self.per_sample, sync_every=self.sync_every)
         scale = grad_loss / problem.x0.shape[0]         # dLoss/dcost of each sample (batch mean)
         mu = sol.mu0.sum(0) if self.per_sample else sol.mu0
         grads = (scale * sol.a0, unflatten(scale * mu, params))

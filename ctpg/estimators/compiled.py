@@ -1,0 +1,122 @@
+"""The closed loop's two hot functions under torch.compile: CTPG's forward right-hand
+side [f(x, pi(x)), w(x, pi(x))] and its adjoint stage (dlam/dt, dmu/dt).
+
+Why: on small states the cost of a CTPG estimate is the per-operation overhead of
+eager torch, not arithmetic. A backward stage in eager mode is a fresh forward of
+policy, f and cost recorded by autograd plus a reverse pass, about 120 tensor
+operations for a two-layer MLP on the differential drive (0.8 ms at N = 8); compiled,
+the same stage is one generated kernel with its reverse written out (0.2 ms). The
+numbers are in the README ("Side by side with torchdiffeq").
+
+What it needs: f and the costs written in torch (system.vjp_by_autograd, no analytic
+or finite-difference vjp) and the policy a torch.nn.Module whose own parameters are
+the gradient's parameters (no learnable system or cost parameters). The functions
+take the parameters as inputs, so optimiser updates do not recompile; a new batch
+size, dtype or device compiles once more (dynamic shapes after the second size).
+
+Cost: the first call of each function compiles it, several seconds (inductor caches
+the generated code on disk, so a later process compiles faster). Counts stay honest:
+each right-hand side call is counted as one f call on N states and each stage as one
+vjp, exactly as the eager path counts them.
+"""
+from __future__ import annotations
+
+import torch
+
+from ctpg.estimators.closed_loop import clocked
+
+
+def _uncounted(method):
+    """The system's oracle method without the counting wrapper (ctpg.system._counted):
+    counting mutates Python state, which torch.compile would guard on and recompile."""
+    return getattr(method, "__wrapped__", method)
+
+
+def compilable(system, policy, params) -> str | None:
+    """None when the closed loop can be compiled, else why not (to raise with)."""
+    module = getattr(policy, "policy", policy)          # saturated_policy keeps the module
+    if not system.vjp_by_autograd:
+        return (f"{type(system).__name__} supplies its own vjp (analytic or finite differences), which "
+                "torch.compile cannot trace through")
+    if not isinstance(module, torch.nn.Module):
+        return "the policy is not a torch.nn.Module (the compiled stage calls it with explicit parameters)"
+    own = {id(p) for p in module.parameters()}
+    if any(id(p) not in own for p in params):
+        return "gradients are asked for tensors outside the policy (learnable system or cost parameters)"
+    return None
+
+
+class CompiledClosedLoop:
+    """Compiled rhs(t, y) and stage(t, x, lam) of one (system, policy module) pair.
+
+    Build it once and keep it (CTPG caches the last one): the compiled code is tied to
+    these objects. `parameters(params)` gives the tuple both functions take, read from
+    the module at call time (frozen parameters and buffers included).
+    """
+
+    def __init__(self, system, policy, params):
+        why = compilable(system, policy, params)
+        if why:
+            raise ValueError(f"CTPG(compile=True): {why}; use compile=False")
+        self.system, self.module = system, getattr(policy, "policy", policy)
+        self.keys = self._keys(params)
+        d, f = system.state_dim, _uncounted(type(system).f)
+        low, high = system.action_low, system.action_high
+        keys, module, n = self.keys, self.module, len(params)
+
+        def act(values, x):
+            u = torch.func.functional_call(module, dict(zip(keys, values)), (x,))
+            return u if low is None else torch.clamp(u, low.to(u), high.to(u))
+
+        def rhs(values, y):
+            x = y[:, :d]
+            u = act(values, x)
+            return torch.cat([f(system, x, u), system.running_cost(x, u)[:, None]], 1)
+
+        def stage(values, x, lam):
+            def total(x, trained):
+                u = act(trained + values[len(trained):], x)
+                return system.running_cost(x, u).sum() + (lam * f(system, x, u)).sum()
+
+            g_x, g_theta = torch.func.grad(total, argnums=(0, 1))(x, values[:n])
+            return -g_x, -torch.cat([g.reshape(-1) for g in g_theta])
+
+        self._rhs, self._stage = torch.compile(rhs), torch.compile(stage)
+
+    def _keys(self, params):
+        """Parameter names: the trained ones first (in `params` order), then the rest
+        of the module's tensors (frozen parameters, buffers), passed along unchanged."""
+        names = {id(p): n for n, p in self.module.named_parameters()}
+        trained = [names[id(p)] for p in params]
+        rest = [n for n, _ in self.module.named_parameters() if n not in set(trained)]
+        return trained + rest + [n for n, _ in self.module.named_buffers()]
+
+    def matches(self, system, policy, params) -> bool:
+        module = getattr(policy, "policy", policy)
+        return system is self.system and module is self.module and self._keys(params) == self.keys
+
+    def parameters(self) -> tuple:
+        tensors = dict(self.module.named_parameters())
+        tensors.update(self.module.named_buffers())
+        return tuple(tensors[k].detach() for k in self.keys)
+
+    def rhs(self, values):
+        """rhs(t, y) for the solver: one counted f call on N states."""
+        system, d = self.system, self.system.state_dim
+
+        def call(t, y, rows=None):
+            if system.clock_index is not None:
+                y = torch.cat([clocked(system, y[:, :d], t), y[:, d:]], 1)
+            out = self._rhs(values, y)
+            system.counter.record("f", y.shape[0])
+            return out
+
+        return call
+
+    def stage(self, values, t, x, lam):
+        """(dlam/dt [N,d], dmu/dt [P] flat) at x = x(t): one counted vjp on N states.
+        x is detached: the clock's snap is straight through, so its gradient is the
+        unsnapped one."""
+        out = self._stage(values, x.detach(), lam)
+        self.system.counter.record("vjp", x.shape[0])
+        return out
