@@ -46,7 +46,7 @@ class CTPG(Estimator):
 
     GPUs: `sync_every=k` keeps the adaptive step control of both passes on the device
     and reads it back every k attempts instead of every step (explicit methods; see
-    ctpg.solvers.on_device), at the price of up to k - 1 discarded attempts per solve.
+    ctpg.solvers.on_device), at the price of a few discarded attempts past the end of a solve.
 
     Stores O(steps x N x d) floats. Costs per forward stage one f call, per backward
     stage one vjp (plus Jacobians for stiff methods); both passes adapt their steps to

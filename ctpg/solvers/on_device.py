@@ -5,10 +5,10 @@ to decide accept/reject and the next step size: one host synchronisation per ste
 which on a GPU stalls the queue for every step of a small system (the cost torchdiffeq
 and torchode users report). Here t, h, the decision and the PI controller are 0-dim
 tensors updated with torch.where: a rejected attempt leaves y, q, F and t as they were,
-an attempt after t1 changes nothing, and the host looks only after a block of at most
-`sync_every` attempts (have we reached t1? did the step collapse? and, in the same read,
-how far to t1 and the step size, which size the next block to the steps expected to be
-left). The controller is the host loop's, so the steps are its steps up to roundoff (a
+an attempt after t1 changes nothing, and the host looks only after a block of attempts
+(have we reached t1? did the step collapse? and, in the same read, how far to t1 and the
+step size). Blocks double from 1 to `sync_every` attempts and end near where t1 is
+expected, so a long solve reads back once per sync_every attempts. The controller is the host loop's, so the steps are its steps up to roundoff (a
 tensor step size reorders roundings in the error estimate); what it costs is the attempts
 past t1 of the last block (computed and discarded; few, since the block was sized to the
 steps left) and a dense polynomial built for every attempt, rejected ones included. On a CPU, where a read-back costs nothing, it is slower; it is the form that
@@ -50,7 +50,7 @@ def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int):
     done, collapsed, nonfinite = (torch.zeros((), **flag) for _ in range(3))
     control = _Controller(torch.ones(1, **scalar), torch.zeros(1, **flag))
     row = torch.zeros(1, dtype=torch.long, device=device)
-    attempts, log, block = 0, [], sync_every    # log per attempt, on the device: (accepted, live, end, polynomial)
+    attempts, log, block = 0, [], 1    # log per attempt, on the device: (accepted, live, end, polynomial)
     while True:
         for _ in range(block):
             live = ~done
@@ -76,12 +76,13 @@ def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int):
             done = direction * (end - t) <= 1e-14 * span
             collapsed = collapsed | (~done & (h < run.min_step) & (direction * (end - t) > run.min_step))
             attempts += 1
-        # the one read-back of this block; the next block stops near where t1 is expected, so
-        # that few attempts past t1 are wasted: at most sync_every, fewer when the steps left are few
+        # the one read-back of this block. Blocks double from 1 up to sync_every and stop near
+        # where t1 is expected (steps left at the current size), so that a short solve wastes
+        # few attempts past t1 and a long one reads back once per sync_every attempts
         stop, left, size = torch.stack([(done | collapsed).to(torch.float64), (end - t).abs(), h]).tolist()
         if stop:
             break
-        block = max(1, min(sync_every, math.ceil(left / size)))
+        block = max(1, min(sync_every, 2 * block, math.ceil(left / size)))
         if run.accepted + run.rejected + attempts >= run.max_steps:
             raise MaxStepsExceeded(f"the solver attempted max_steps={run.max_steps} steps and reached only "
                                    f"t={float(t):.6g} of [{t0}, {t1}]; raise max_steps or loosen rtol/atol")
