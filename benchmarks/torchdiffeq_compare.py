@@ -6,8 +6,7 @@ torchdiffeq.odeint_adjoint on the state [x, running cost] (dopri5) with the defa
 adjoint norm ("adjoint") and with adjoint_options=dict(norm="seminorm"); by autograd
 through torchdiffeq.odeint (dopri5, "direct"); and by ctpg.CTPG (dopri5, tsit5). The
 "-compiled" variants run the same under torch.compile: ctpg.CTPG(compile=True) (its
-forward rhs and backward stage compiled; systems with an autograd vjp only, so not
-LQR, whose vjp is analytic) and torchdiffeq's odeint with a compiled ODE function
+forward rhs and backward stage compiled) and torchdiffeq's odeint with a compiled ODE function
 (autograd through the compiled graph), the same chance for both; their first call,
 which compiles, is a warm-up outside the sweep whose seconds are reported.
 Recorded per point: relative error ||g - g_ref|| / ||g_ref||, wall-clock (minimum

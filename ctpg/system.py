@@ -115,6 +115,11 @@ class ControlSystem:
     # (position indices, their velocity indices) for a mechanical system, if any: what
     # BPTT's "semi-implicit-euler" (the symplectic Euler of simulators) needs
     position_velocity: tuple | None = None
+    # True when f is written in differentiable torch operations although `vjp` is
+    # overridden (analytic derivatives that are only faster): autograd and torch.compile
+    # may then differentiate f itself (CTPG(compile=True) does). A system whose vjp is
+    # the default autograd one is differentiable anyway (see `f_differentiable`).
+    torch_f: bool = False
 
     def __init__(self, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
         self.dtype = dtype
@@ -197,6 +202,12 @@ class ControlSystem:
     def vjp_by_autograd(self) -> bool:
         """True when `vjp` is the default autograd pass through `f` (f written in torch)."""
         return getattr(type(self).vjp, "__wrapped__", None) is _default_vjp
+
+    @property
+    def f_differentiable(self) -> bool:
+        """True when autograd may differentiate f itself: its vjp is the autograd default,
+        or the system declares `torch_f` (f in torch, vjp analytic)."""
+        return self.vjp_by_autograd or self.torch_f
 
     def vjp_with_parameters(self, x, u, a, params):
         """(a^T df/dx, a^T df/du, [a^T df/dtheta for theta in params]).

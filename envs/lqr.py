@@ -32,6 +32,8 @@ class LQR(ControlSystem):
     `action_bound` (None, a number or k numbers): symmetric action bounds [-a, a].
     """
 
+    torch_f = True      # f is torch: autograd (and CTPG(compile=True)) may differentiate it too
+
     def __init__(self, A=None, B=None, Q=None, R=None, Qf=None, horizon: float = 10.0,
                  x0_mean=None, x0_std: float = 1.0, action_bound=None, dtype=torch.float64,
                  device="cpu"):

@@ -215,6 +215,7 @@ class Quadrotor(ControlSystem):
 
     state_dim = 12
     action_dim = 4
+    torch_f = True      # f is torch: autograd (and CTPG(compile=True)) may differentiate it too
 
     def __init__(self, horizon: float = 5.0, dtype: torch.dtype = torch.float64,
                  device: str | torch.device = "cpu", **params):

@@ -22,24 +22,27 @@ def gradient(estimator, system, policy, x0):
 
 
 class AutogradLQR(LQR):
-    """LQR without its analytic vjp: compile=True differentiates f itself."""
+    """LQR with the default autograd vjp (the other way a system's f is differentiable)."""
 
     vjp = ControlSystem.vjp
 
 
-def test_compiled_ctpg_matches_the_exact_lqr_gradient():
+@pytest.mark.parametrize("system_class", [LQR, AutogradLQR])
+def test_compiled_ctpg_matches_the_exact_lqr_gradient(system_class):
+    """LQR's own vjp is analytic (torch_f = True says f is torch); AutogradLQR's is autograd's."""
     _, K, bias, x0, exact = lqr_problem()
-    system = AutogradLQR(Qf=0.5 * torch.eye(2))              # lqr_problem's system
+    system = system_class(Qf=0.5 * torch.eye(2))              # lqr_problem's system
     policy = LinearPolicy(K, bias)
     got, _ = gradient(CTPG(rtol=1e-10, atol=1e-10, compile=True), system, policy, x0)
     want = torch.cat([g.reshape(-1) for g in exact])
     assert rel(got, want) < 1e-7
 
 
-@pytest.mark.parametrize("env", ["diffdrive", "electric"])
+@pytest.mark.parametrize("env", ["diffdrive", "electric", "quadrotor"])
 def test_compiled_equals_eager_and_follows_parameter_updates(env):
     """Same gradient to roundoff and the same counts as the eager path, on the trainer's
-    policy (features, MLP, squash; electric: a clock state and breakpoints), before and
+    policy (features, MLP, squash; electric: a clock state and breakpoints; quadrotor: an
+    analytic vjp, f differentiated by the compiled stage), before and
     after an in-place parameter update (an optimiser step must not leave the compiled
     code reading stale weights)."""
     system = envs.make(env, horizon=1.0) if env == "electric" else envs.make(env)
@@ -82,7 +85,7 @@ class AnalyticDecay(ControlSystem):
 def test_what_cannot_be_compiled_is_refused_with_the_fix():
     policy = torch.nn.Linear(1, 1).double()
     x0 = torch.ones(2, 1, dtype=torch.float64)
-    with pytest.raises(ValueError, match="supplies its own vjp.*compile=False"):
+    with pytest.raises(ValueError, match="supplies its own vjp.*torch_f = True.*compile=False"):
         CTPG(compile=True)(AnalyticDecay(), policy, x0)
     system = AutogradLQR()
     system.Q = torch.nn.Parameter(system.Q.clone())          # a learnable cost weight

@@ -8,9 +8,11 @@ operations for a two-layer MLP on the differential drive (0.8 ms at N = 8); comp
 the same stage is one generated kernel with its reverse written out (0.2 ms). The
 numbers are in the README ("Side by side with torchdiffeq").
 
-What it needs: f and the costs written in torch (system.vjp_by_autograd, no analytic
-or finite-difference vjp) and the policy a torch.nn.Module whose own parameters are
-the gradient's parameters (no learnable system or cost parameters). The functions
+What it needs: f and the costs written in torch (system.f_differentiable: the
+default autograd vjp, or an analytic one with `torch_f = True`; the compiled stage
+differentiates f itself, not through a finite-difference vjp) and the policy a
+torch.nn.Module whose own parameters are the gradient's parameters (no learnable
+system or cost parameters). The functions
 take the parameters as inputs, so optimiser updates do not recompile; a new batch
 size, dtype or device compiles once more (dynamic shapes after the second size).
 
@@ -35,9 +37,9 @@ def _uncounted(method):
 def compilable(system, policy, params) -> str | None:
     """None when the closed loop can be compiled, else why not (to raise with)."""
     module = getattr(policy, "policy", policy)          # saturated_policy keeps the module
-    if not system.vjp_by_autograd:
-        return (f"{type(system).__name__} supplies its own vjp (analytic or finite differences), which "
-                "torch.compile cannot trace through")
+    if not system.f_differentiable:
+        return (f"{type(system).__name__} supplies its own vjp and does not declare its f differentiable "
+                "torch code (class attribute torch_f = True), so the compiled stage cannot differentiate f")
     if not isinstance(module, torch.nn.Module):
         return "the policy is not a torch.nn.Module (the compiled stage calls it with explicit parameters)"
     own = {id(p) for p in module.parameters()}
