@@ -96,3 +96,19 @@ def test_what_cannot_be_compiled_is_refused_with_the_fix():
     for option in ("per_sample", "reuse_jacobians"):
         with pytest.raises(ValueError, match="per_sample=False and reuse_jacobians=False"):
             CTPG(compile=True, **{option: True})
+
+
+def test_a_machine_without_a_cpp_compiler_gets_the_fix(tmp_path):
+    """inductor's CPU backend needs a C++ compiler; without one the error says so."""
+    import os
+    import subprocess
+    import sys
+    code = ("import envs, ctpg\n"
+            "from agents import make_policy\n"
+            "s = envs.make('diffdrive')\n"
+            "ctpg.CTPG(compile=True)(s, make_policy(s), s.sample_initial_state(2))\n")
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-g++"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "RuntimeError: CTPG(compile=True): torch.compile could not build" in done.stderr
+    assert "C++ compiler" in done.stderr and "compile=False" in done.stderr

@@ -17,7 +17,9 @@ take the parameters as inputs, so optimiser updates do not recompile; a new batc
 size, dtype or device compiles once more (dynamic shapes after the second size).
 
 Cost: the first call of each function compiles it, several seconds (inductor caches
-the generated code on disk, so a later process compiles faster). Counts stay honest:
+the generated code on disk, so a later process compiles faster). Fails with a
+RuntimeError naming the fix when torch.compile cannot build the code (inductor's CPU
+backend needs a C++ compiler). Counts stay honest:
 each right-hand side call is counted as one f call on N states and each stage as one
 vjp, exactly as the eager path counts them.
 """
@@ -46,6 +48,28 @@ def compilable(system, policy, params) -> str | None:
     if any(id(p) not in own for p in params):
         return "gradients are asked for tensors outside the policy (learnable system or cost parameters)"
     return None
+
+
+def _compile_errors() -> tuple:
+    """The exception types torch.compile raises when it cannot build the code (no C++
+    compiler for inductor's CPU backend, an unsupported operation)."""
+    import torch._dynamo.exc
+    found = [torch._dynamo.exc.BackendCompilerFailed]
+    try:
+        import torch._inductor.exc
+        found.append(torch._inductor.exc.InductorError)
+    except (ImportError, AttributeError):          # older torch: BackendCompilerFailed only
+        pass
+    return tuple(found)
+
+
+def _run(function, *args):
+    try:
+        return function(*args)
+    except _compile_errors() as err:
+        raise RuntimeError(f"CTPG(compile=True): torch.compile could not build the closed loop ({err}); "
+                           "inductor needs a working C++ compiler on the CPU (install gcc or g++, or set "
+                           "CXX), or use compile=False") from err
 
 
 class CompiledClosedLoop:
@@ -109,7 +133,7 @@ class CompiledClosedLoop:
         def call(t, y, rows=None):
             if system.clock_index is not None:
                 y = torch.cat([clocked(system, y[:, :d], t), y[:, d:]], 1)
-            out = self._rhs(values, y)
+            out = _run(self._rhs, values, y)
             system.counter.record("f", y.shape[0])
             return out
 
@@ -119,6 +143,6 @@ class CompiledClosedLoop:
         """(dlam/dt [N,d], dmu/dt [P] flat) at x = x(t): one counted vjp on N states.
         x is detached: the clock's snap is straight through, so its gradient is the
         unsnapped one."""
-        out = self._stage(values, x.detach(), lam)
+        out = _run(self._stage, values, x.detach(), lam)
         self.system.counter.record("vjp", x.shape[0])
         return out
