@@ -10,7 +10,7 @@ import envs
 from agents import make_policy
 from ctpg import CTPG, ControlSystem
 from envs.lqr import LQR
-from tests.test_estimators import LinearPolicy, lqr_problem, rel
+from test_estimators import LinearPolicy, lqr_problem, rel
 
 
 def gradient(estimator, system, policy, x0):

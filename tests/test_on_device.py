@@ -9,7 +9,7 @@ import torch
 from ctpg import CTPG
 from ctpg.errors import MaxStepsExceeded
 from ctpg.solvers import solve
-from tests.test_estimators import estimate, lqr_problem, rel
+from test_estimators import estimate, lqr_problem, rel
 
 A = torch.tensor([[0.0, 1.0], [-4.0, -0.3]], dtype=torch.float64)      # a damped oscillator
 Y0 = torch.tensor([[1.0, 0.0], [0.5, -2.0], [3.0, 1.0]], dtype=torch.float64)
