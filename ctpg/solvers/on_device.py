@@ -6,13 +6,16 @@ which on a GPU stalls the queue for every step of a small system (the cost torch
 and torchode users report). Here t, h, the decision and the PI controller are 0-dim
 tensors updated with torch.where: a rejected attempt leaves y, q, F and t as they were,
 an attempt after t1 changes nothing, and the host looks only after a block of attempts
-(have we reached t1? did the step collapse? and, in the same read, how far to t1 and the
-step size). Blocks double from 1 to `sync_every` attempts and end near where t1 is
-expected, so a long solve reads back once per sync_every attempts. The controller is the host loop's, so the steps are its steps up to roundoff (a
-tensor step size reorders roundings in the error estimate); what it costs is the attempts
-past t1 of the last block (computed and discarded; few, since the block was sized to the
-steps left) and a dense polynomial built for every attempt, rejected ones included. On a CPU, where a read-back costs nothing, it is slower; it is the form that
-GPU capture (CUDA graphs, torch.compile of the attempt block) needs.
+(have we reached t1? did the step collapse? and, in the same read, how far to t1 and
+the step size). Blocks double from 1 to `sync_every` attempts and end near where t1 is
+expected, so a long solve reads back once per sync_every attempts.
+
+The controller is the host loop's, so the steps are its steps up to roundoff (a tensor
+step size reorders roundings in the error estimate). What it costs: the attempts past
+t1 in the last block (computed and discarded; few, the block was sized to the steps
+left) and a dense polynomial for every attempt, rejected ones included. On a CPU, where
+a read-back costs nothing, it is 3-18 % slower (README, Throughput); it is the form that
+capturing a solve (CUDA graphs, torch.compile of an attempt) needs.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import torch
 
 from ctpg.errors import MaxStepsExceeded, NonFiniteError, StepSizeTooSmall
 from ctpg.solvers.control import error_ratio, initial_step
-from ctpg.solvers.per_sample import _Controller
+from ctpg.solvers.per_sample import TensorPIController
 from ctpg.solvers.steppers import ExplicitRK, step_polynomial
 
 
@@ -48,7 +51,7 @@ def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int):
     t, h, end = (torch.tensor(float(v), **scalar) for v in (t0, run.h, t1))
     last = torch.tensor(float("nan"), **scalar)
     done, collapsed, nonfinite = (torch.zeros((), **flag) for _ in range(3))
-    control = _Controller(torch.ones(1, **scalar), torch.zeros(1, **flag))
+    control = TensorPIController(torch.ones(1, **scalar), torch.zeros(1, **flag))
     row = torch.zeros(1, dtype=torch.long, device=device)
     attempts, log, block = 0, [], 1    # log per attempt, on the device: (accepted, live, end, polynomial)
     while True:

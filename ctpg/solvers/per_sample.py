@@ -24,9 +24,10 @@ from ctpg.solvers.steppers import Step, StepperState, step_polynomial
 
 
 @dataclasses.dataclass
-class _Controller:
-    """The PI controller of control.PIController, one state per sample (its gains and
-    bounds are that controller's, so the two cannot drift apart)."""
+class TensorPIController:
+    """The PI controller of control.PIController on tensors, one state per row: per
+    sample here, one row for the device-side loop (ctpg.solvers.on_device). Its gains
+    and bounds are that controller's, so the two cannot drift apart."""
 
     prev: torch.Tensor
     rejected_last: torch.Tensor
@@ -84,7 +85,7 @@ def solve_per_sample(rhs, stepper, y0, q0, t0: float, t1: float, norm, first_ste
     t = torch.full((n,), float(t0), dtype=torch.float64, device=device)
     h = torch.as_tensor(first_step, dtype=torch.float64, device=device).expand(n).clamp_max(span).clone()
     y, q = y0, q0
-    control = _Controller(torch.ones(n, dtype=torch.float64, device=device), torch.zeros(n, dtype=torch.bool, device=device))
+    control = TensorPIController(torch.ones(n, dtype=torch.float64, device=device), torch.zeros(n, dtype=torch.bool, device=device))
     pieces, nonfinite = [], torch.zeros(n, dtype=torch.bool, device=device)
     active = every
     while active.numel():
