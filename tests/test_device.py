@@ -55,7 +55,9 @@ def test_ray_tasks_of_cuda_runs_reserve_a_gpu_each():
 
 # ------------------------------------------------------------------ CUDA only
 ESTIMATORS = {"ctpg": lambda: ctpg.CTPG(rtol=1e-7, atol=1e-9), "bptt": lambda: ctpg.BPTT(dt=0.01),
-              "backsolve": lambda: ctpg.Backsolve(rtol=1e-7, atol=1e-9)}
+              "backsolve": lambda: ctpg.Backsolve(rtol=1e-7, atol=1e-9),
+              # step control on the device: the same tolerance, a few roundoff-different steps
+              "ctpg-sync": lambda: ctpg.CTPG(rtol=1e-7, atol=1e-9, sync_every=8)}
 
 
 def _gradient(name, estimator, device, horizon):
