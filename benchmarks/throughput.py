@@ -36,13 +36,16 @@ from agents.builders import make_estimator
 from benchmarks._config import parse_config, publish, torch_threads
 
 ESTIMATORS = ("ctpg", "bptt", "backsolve")
-# CTPG variants timed on request (--estimators): its torch.compile'd closed loop, and its
-# step control kept on the device with a read-back every 16 attempts (for GPUs)
-VARIANTS = {"ctpg-compile": dict(compile=True), "ctpg-sync16": dict(sync_every=16)}
+# CTPG variants timed on request (--estimators): its torch.compile'd closed loop, its step
+# control kept on the device with a read-back every 16 attempts (for GPUs), and both: whole
+# step attempts compiled (capture)
+VARIANTS = {"ctpg-compile": dict(compile=True), "ctpg-sync16": dict(sync_every=16),
+            "ctpg-capture16": dict(compile=True, sync_every=16)}
 LABELS = {"ctpg": "CTPG (dopri5)", "bptt": "BPTT-Euler", "backsolve": "Backsolve (dopri5)",
-          "ctpg-compile": "CTPG, compiled", "ctpg-sync16": "CTPG, control on device"}
+          "ctpg-compile": "CTPG, compiled", "ctpg-sync16": "CTPG, control on device",
+          "ctpg-capture16": "CTPG, attempts compiled"}
 COLOURS = {"ctpg": "tab:blue", "bptt": "tab:orange", "backsolve": "tab:green", "ctpg-compile": "tab:purple",
-           "ctpg-sync16": "tab:red"}
+           "ctpg-sync16": "tab:red", "ctpg-capture16": "tab:brown"}
 
 
 @dataclasses.dataclass
@@ -53,7 +56,8 @@ class Config:
     """time horizon T (0: the environment's own)"""
     estimators: tuple = ESTIMATORS
     """estimators to time (ctpg, bptt, backsolve) at the environment's training settings, and the CTPG
-    variants ctpg-compile (torch.compile'd closed loop) and ctpg-sync16 (step control on the device)"""
+    variants ctpg-compile (torch.compile'd closed loop), ctpg-sync16 (step control on the device) and
+    ctpg-capture16 (both: whole step attempts compiled)"""
     batch_sizes: tuple = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
     """batch sizes N, ascending"""
     devices: tuple = ("cpu", "cuda")

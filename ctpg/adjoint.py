@@ -44,7 +44,7 @@ def solve_adjoint(field, a1: torch.Tensor, mu1: torch.Tensor, t1: float, t0: flo
                   method: str, rtol=None, atol=None, dt: float | None = None,
                   first_step: float | None = None, max_steps: int = 100_000,
                   seminorm: bool = False, tstops=(), jumps=None, per_sample: bool = False,
-                  sync_every: int | None = None) -> AdjointSolution:
+                  sync_every: int | None = None, capture=None) -> AdjointSolution:
     """Integrate the adjoint of `field` from t1 back to t0.
 
     a1 [N, ...] (leading dimension: samples; the error norm is per sample) and mu1 [P]
@@ -54,7 +54,8 @@ def solve_adjoint(field, a1: torch.Tensor, mu1: torch.Tensor, t1: float, t0: flo
     steps controlled by a alone, mu carried along. Stiff methods (Rosenbrock, "auto")
     use field.linearisation. `per_sample`: each sample its own steps (explicit
     methods; field.derivatives(t, a, rows), mu per sample [N, P], see
-    ctpg.solvers.per_sample). `sync_every`: device-side step control (ctpg.solvers.on_device).
+    ctpg.solvers.per_sample). `sync_every`: device-side step control, `capture`: its
+    attempts compiled around field.derivatives' pure form (ctpg.solvers.on_device).
     Costs one field.derivatives call per stage (one vjp for
     the front ends), see `ctpg.solvers.solve`.
     """
@@ -69,7 +70,8 @@ def solve_adjoint(field, a1: torch.Tensor, mu1: torch.Tensor, t1: float, t0: flo
             a = a + jumps[start]
         sol = solve(field.derivatives, a, start, end, method=method, rtol=rtol, atol=atol, dt=dt,
                     first_step=h, max_steps=max_steps, q0=mu, quadrature_in_norm=not seminorm,
-                    jacobian=jacobian, tstops=tstops, per_sample=per_sample, sync_every=sync_every)
+                    jacobian=jacobian, tstops=tstops, per_sample=per_sample, sync_every=sync_every,
+                    capture=capture)
         a, mu, h = sol.y1, sol.q1, sol.last_step
         out.steps_accepted += sol.steps_accepted
         out.steps_rejected += sol.steps_rejected

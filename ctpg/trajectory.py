@@ -23,6 +23,19 @@ def _horner(c: torch.Tensor, theta) -> torch.Tensor:
     return y
 
 
+def evaluate_at_tensor_time(times: torch.Tensor, coefs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """y(t) of a shared-mesh trajectory (times [S+1] float64, coefs [S, P+1, N, ...]) at a
+    0-dim tensor t, without reading t back to the host: the piece is found by
+    searchsorted on the device. For solvers stepping inside [t0, t1]
+    (ctpg.solvers.on_device); a t outside is clamped to the end pieces, not refused
+    (refusing would need the read-back this path exists to avoid)."""
+    t64 = t.to(torch.float64).reshape(1)
+    i = (torch.searchsorted(times, t64, right=True) - 1).clamp(0, times.shape[0] - 2)
+    c = coefs[i][0]
+    theta = ((t64 - times[i]) / (times[i + 1] - times[i])).to(c.dtype)[0]
+    return _horner(c, theta)
+
+
 class Trajectory:
     """Piecewise-polynomial path y(t) on [t0, t1], one mesh for the whole batch.
 
@@ -89,16 +102,8 @@ class Trajectory:
         return self._times_tensor
 
     def _evaluate_on_device(self, t: torch.Tensor, rows) -> torch.Tensor:
-        """y(t) for a 0-dim tensor t without reading t back to the host: the piece is
-        found by searchsorted on the device. For solvers stepping inside [t0, t1]
-        (ctpg.solvers.on_device); a t outside is clamped to the end pieces, not refused
-        (refusing would need the read-back this path exists to avoid)."""
-        times = self._times_on_device()
-        t64 = t.to(torch.float64).reshape(1)
-        i = (torch.searchsorted(times, t64, right=True) - 1).clamp(0, len(self.times) - 2)
-        c = self.coefs[i][0] if rows is None else self.coefs[i][0][:, rows]
-        theta = ((t64 - times[i]) / (times[i + 1] - times[i])).to(c.dtype)[0]
-        return _horner(c, theta)
+        out = evaluate_at_tensor_time(self._times_on_device(), self.coefs, t)
+        return out if rows is None else out[rows]
 
     def _evaluate_each(self, t: torch.Tensor, rows) -> torch.Tensor:
         self._check(float(t.min())), self._check(float(t.max()))

@@ -112,3 +112,26 @@ def test_a_machine_without_a_cpp_compiler_gets_the_fix(tmp_path):
     assert done.returncode != 0
     assert "RuntimeError: CTPG(compile=True): torch.compile could not build" in done.stderr
     assert "C++ compiler" in done.stderr and "compile=False" in done.stderr
+
+
+@pytest.mark.parametrize("env", ["diffdrive", "electric"])
+def test_captured_attempts_give_the_same_gradient_and_counts(env):
+    """compile=True with sync_every: whole step attempts compiled (capture). The gradient
+    of the host-controlled compiled estimate to roundoff, and the counts of the eager
+    device-side loop (which may attempt a step past T that the host loop does not);
+    electric over 9 s crosses its breakpoint at 7.68 s (a stop in both passes). A new
+    tolerance reuses the compiled attempts (tolerances are inputs, not constants)."""
+    system = envs.make(env, horizon=9.0) if env == "electric" else envs.make(env)
+    torch.manual_seed(0)
+    policy = make_policy(system)
+    x0 = system.sample_initial_state(4, torch.Generator().manual_seed(1))
+    assert system.breakpoints(system.horizon) == ([7.68] if env == "electric" else [])
+    captured = CTPG(rtol=1e-5, atol=1e-5, compile=True, sync_every=8)
+    got, info_c = gradient(captured, system, policy, x0)
+    want, _ = gradient(CTPG(rtol=1e-5, atol=1e-5, compile=True), system, policy, x0)
+    assert rel(got, want) < 1e-9
+    _, info_d = gradient(CTPG(rtol=1e-5, atol=1e-5, sync_every=8), system, policy, x0)
+    assert info_c.forward.oracle == info_d.forward.oracle and info_c.backward.oracle == info_d.backward.oracle
+    captured.rtol = captured.adjoint_rtol = 1e-4
+    gradient(captured, system, policy, x0)
+    assert [len(captured._compiled._attempts[kind]) for kind in ("f", "vjp")] == [1, 1]

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 
 from ctpg.estimators.closed_loop import clocked
+from ctpg.solvers.on_device import CapturedField
+from ctpg.trajectory import evaluate_at_tensor_time
 
 
 def _uncounted(method):
@@ -108,6 +110,22 @@ class CompiledClosedLoop:
             return -g_x, -torch.cat([g.reshape(-1) for g in g_theta])
 
         self._rhs, self._stage = torch.compile(rhs), torch.compile(stage)
+        clock = system.clock_index
+
+        # the same two as pure functions of tensors, for whole attempts compiled around them
+        # (capture, ctpg.solvers.on_device): created once, so that compiled attempts are reused
+        def forward_field(ctx, t, y):
+            if clock is not None:
+                y = torch.cat([clocked(system, y[:, :d], t), y[:, d:]], 1)
+            return rhs(ctx[0], y), None
+
+        def adjoint_field(ctx, t, lam):
+            values, times, coefs = ctx
+            x = clocked(system, evaluate_at_tensor_time(times, coefs, t)[:, :d], t)
+            return stage(values, x, lam)
+
+        self._fields = {"f": forward_field, "vjp": adjoint_field}
+        self._attempts = {"f": {}, "vjp": {}}
 
     def _keys(self, params):
         """Parameter names: the trained ones first (in `params` order), then the rest
@@ -138,6 +156,18 @@ class CompiledClosedLoop:
             return out
 
         return call
+
+    def captured(self, kind: str, ctx: tuple) -> CapturedField:
+        """The forward ("f": ctx = (values,)) or adjoint ("vjp": ctx = (values, times,
+        coefs) of the stored trajectory) field for captured solves, counted as rhs and
+        stage count."""
+        counter = self.system.counter
+
+        def count(calls, rows):
+            for _ in range(calls):
+                counter.record(kind, rows)
+
+        return CapturedField(self._fields[kind], ctx, count, self._attempts[kind])
 
     def stage(self, values, t, x, lam):
         """(dlam/dt [N,d], dmu/dt [P] flat) at x = x(t): one counted vjp on N states.

@@ -107,9 +107,12 @@ class CTPG(Estimator):
                              "(system.parameters()); use per_sample=False, reuse_jacobians=False")
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
         jacobian = closed_loop_jacobian(system, problem.policy) if is_stiff_method(self.method) else None
+        capture = None
         if self.compile:
             loop = self._compiled_loop(problem)
             rhs = loop.rhs(loop.parameters())
+            if self.sync_every and not is_stiff_method(self.method):
+                capture = loop.captured("f", (loop.parameters(),))
         else:
             rhs = closed_loop_rhs(system, problem.policy)
         with torch.no_grad():
@@ -117,7 +120,7 @@ class CTPG(Estimator):
                         rtol=self.rtol, atol=self.atol, dt=self.dt, max_steps=self.max_steps,
                         dense=problem.keep_for_backward, jacobian=jacobian, autonomous=True,
                         tstops=system.breakpoints(problem.T), per_sample=self.per_sample,
-                        sync_every=self.sync_every)
+                        sync_every=self.sync_every, capture=capture)
             xT = sol.y1[:, :d]
             costs = sol.y1[:, d] + system.terminal_cost(xT)
         stored = 0
@@ -136,11 +139,13 @@ class CTPG(Estimator):
         path = saved["path_kind"].from_state(saved)
         spline = (JacobianSpline(saved["jac_times"], saved["jac_x"], saved["jac_u"]) if self.reuse_jacobians
                   else None)
-        stage = None
+        stage = capture = None
         if self.compile:
             loop = self._compiled_loop(problem)
             values = loop.parameters()
             stage = lambda t, x, lam: loop.stage(values, t, x, lam)     # noqa: E731
+            if self.sync_every and not is_stiff_method(self.adjoint_method):
+                capture = loop.captured("vjp", (values, path._times_on_device(), path.coefs))
         field = ControlAdjoint(system, problem.policy, params, problem.system_params, path, self.per_sample, spline,
                                stage)
         lam_T, mu_T = terminal_adjoint(system, saved["xT"], params, 1.0)
@@ -150,7 +155,7 @@ class CTPG(Estimator):
                             rtol=self.adjoint_rtol, atol=self.adjoint_atol, dt=self.adjoint_dt,
                             first_step=saved["first_step"], max_steps=self.max_steps,
                             seminorm=self.adjoint_seminorm, tstops=system.breakpoints(problem.T),
-                            per_sample=self.per_sample, sync_every=self.sync_every)
+                            per_sample=self.per_sample, sync_every=self.sync_every, capture=capture)
         scale = grad_loss / problem.x0.shape[0]         # dLoss/dcost of each sample (batch mean)
         mu = sol.mu0.sum(0) if self.per_sample else sol.mu0
         grads = (scale * sol.a0, unflatten(scale * mu, params))

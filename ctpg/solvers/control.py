@@ -49,11 +49,13 @@ class ErrorNorm:
     per-sample steps), with rtol/atol (per component or scalar), an optional slice of
     y's last axis (`error_on`, a seminorm) and the quadrature left out on request."""
 
-    def __init__(self, rtol, atol, error_on=None, quadrature_in_norm=True):
+    def __init__(self, rtol, atol, error_on=None, quadrature_in_norm=True, quadrature_tolerances=None):
         self.rtol, self.atol, self.error_on = rtol, atol, error_on
         self.quadrature_in_norm = quadrature_in_norm
-        # per-component tolerances describe y; the quadrature takes their tightest
-        self.q_rtol, self.q_atol = (float(v.min()) if torch.is_tensor(v) else v for v in (rtol, atol))
+        # per-component tolerances describe y; the quadrature takes their tightest (or the
+        # given pair: a compiled attempt passes 0-dim tensors and must not read them back)
+        self.q_rtol, self.q_atol = quadrature_tolerances or (
+            float(v.min()) if torch.is_tensor(v) else v for v in (rtol, atol))
 
     def select(self, v):
         return v if self.error_on is None else v[..., self.error_on]

@@ -73,7 +73,7 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
           max_steps: int = 100_000, min_step: float | None = None, dense: bool = False,
           error_on: slice | None = None, q0: torch.Tensor | None = None,
           quadrature_in_norm: bool = True, jacobian=None, autonomous: bool = False,
-          tstops=(), per_sample: bool = False, sync_every: int | None = None) -> Solution:
+          tstops=(), per_sample: bool = False, sync_every: int | None = None, capture=None) -> Solution:
     """Integrate from t0 to t1 (t1 < t0 integrates backwards in time).
 
     y0 [N, ...]: the leading dimension indexes independent samples. Adaptive steps
@@ -103,6 +103,8 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
     `sync_every=k` (adaptive explicit methods, shared steps): the step control stays on
     the device and the host reads it back every k attempts instead of every step (see
     ctpg.solvers.on_device): the same steps, for GPUs where a read-back stalls the queue.
+    With it, `capture` (an on_device.CapturedField: func as a pure function of tensors)
+    runs every step attempt as one torch.compile'd function.
 
     `tstops`: times strictly between t0 and t1 where the solve must land, e.g. where
     func jumps in t; the step restarts there (func is evaluated afresh), and func is
@@ -142,10 +144,12 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
                                        and adaptive and not per_sample):
         raise ValueError(f"sync_every must be a positive integer and needs adaptive shared steps (no dt, "
                          f"per_sample=False), got sync_every={sync_every!r}")
+    if capture is not None and sync_every is None:
+        raise ValueError("capture compiles the attempts of the device-side loop: give sync_every too")
     if per_sample:
         return _solve_per_sample(rhs, stepper, y0, q0, bounds, ErrorNorm(rtol, atol, error_on, quadrature_in_norm),
                                  first_step, max_steps, min_step, dense)
-    run = _Run(rhs, stepper, dense, max_steps, sync_every)
+    run = _Run(rhs, stepper, dense, max_steps, sync_every, capture)
     y, q = y0, q0
     if adaptive:
         norm = ErrorNorm(rtol, atol, error_on, quadrature_in_norm)
@@ -200,9 +204,9 @@ def _raise_at_first_nonfinite(flags, first_index, t0, h) -> None:
 class _Run:
     """The state of one solve across its stop intervals."""
 
-    def __init__(self, rhs, stepper, dense, max_steps, sync_every=None):
+    def __init__(self, rhs, stepper, dense, max_steps, sync_every=None, capture=None):
         self.rhs, self.stepper, self.dense, self.max_steps = rhs, stepper, dense, max_steps
-        self.sync_every = sync_every
+        self.sync_every, self.capture = sync_every, capture
         self.times, self.pieces = [], []
         self.accepted = self.rejected = self.switches = 0
         self.last_step = None
@@ -244,7 +248,7 @@ class _Run:
 
     def adaptive(self, y, q, t0, t1):
         if self.sync_every:
-            return adaptive_on_device(self, y, q, t0, t1, self.sync_every)
+            return adaptive_on_device(self, y, q, t0, t1, self.sync_every, self.capture)
         direction = 1.0 if t1 > t0 else -1.0
         span = abs(t1 - t0)
         stepper = self.stepper

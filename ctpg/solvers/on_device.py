@@ -19,20 +19,41 @@ capturing a solve (CUDA graphs, torch.compile of an attempt) needs.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
 import torch
 
 from ctpg.errors import MaxStepsExceeded, NonFiniteError, StepSizeTooSmall
-from ctpg.solvers.control import error_ratio, initial_step
-from ctpg.solvers.per_sample import TensorPIController
-from ctpg.solvers.steppers import ExplicitRK, step_polynomial
+from ctpg.solvers.control import ErrorNorm, error_ratio, initial_step
+from ctpg.solvers.per_sample import pi_update
+from ctpg.solvers.steppers import ExplicitRK, StepperState, step_polynomial
 
 
-def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int):
+@dataclasses.dataclass
+class CapturedField:
+    """A right-hand side that whole attempts can be compiled around (capture).
+
+    fn(ctx, t, y) -> (F, g): a pure function of tensors (g None without quadratures),
+    the same object from solve to solve, so that its compiled attempts are reused;
+    ctx: the tensors it reads (policy parameters, a stored trajectory), inputs of the
+    compiled code, so new values do not recompile; count(calls, rows): records `calls`
+    evaluations on `rows` samples where the eager function would have counted them
+    (tracing skips Python side effects); cache: a dict, owned with fn, that keeps the
+    compiled attempts (one per method, tolerances and direction)."""
+
+    fn: Callable
+    ctx: tuple
+    count: Callable
+    cache: dict
+
+
+def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int, capture: CapturedField | None = None):
     """integrate._Run.adaptive's loop with device-side control: fills run.times,
     run.pieces, the counts, run.h and run.last_step as that loop does. Explicit
-    Runge-Kutta methods only."""
+    Runge-Kutta methods only. With `capture`, every attempt (stages, error norm, PI
+    controller, masked updates) runs as one torch.compile'd function of tensors."""
     stepper, rhs, norm = run.stepper, run.rhs, run.norm
     if not isinstance(stepper, ExplicitRK):
         raise ValueError(f"device-side step control (sync_every) supports explicit Runge-Kutta methods, not "
@@ -45,44 +66,28 @@ def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int):
                                  stepper.order, *norm.tolerances(), direction, norm.select)
     if not run.times:
         run.times.append(t0)
-    device = y.device
-    scalar = dict(dtype=torch.float64, device=device)
-    flag = dict(dtype=torch.bool, device=device)
-    t, h, end = (torch.tensor(float(v), **scalar) for v in (t0, run.h, t1))
-    last = torch.tensor(float("nan"), **scalar)
-    done, collapsed, nonfinite = (torch.zeros((), **flag) for _ in range(3))
-    control = TensorPIController(torch.ones(1, **scalar), torch.zeros(1, **flag))
-    row = torch.zeros(1, dtype=torch.long, device=device)
+    scalar = dict(dtype=torch.float64, device=y.device)
+    flag = dict(dtype=torch.bool, device=y.device)
+    t, h, prev = (torch.tensor(float(v), **scalar) for v in (t0, run.h, run.controller._prev_ratio))
+    carry = (t, h, y, q, state.f, state.g, prev, torch.tensor(run.controller._rejected_last, **flag),
+             *(torch.zeros((), **flag) for _ in range(3)), torch.tensor(float("nan"), **scalar))
+    consts = tuple(torch.tensor(float(v), **scalar) for v in (t1, span, run.min_step))
+    if capture is None:
+        def attempt(carry):
+            return _attempt(stepper, norm, run.controller, rhs, direction, run.dense, carry, consts)
+    else:
+        attempt = _captured(capture, stepper, norm, run, direction, rhs, consts, y.shape[0])
     attempts, log, block = 0, [], 1    # log per attempt, on the device: (accepted, live, end, polynomial)
     while True:
         for _ in range(block):
-            live = ~done
-            remaining = (end - t).abs()
-            lands = (h >= remaining) | (remaining - h < 1e-10 * span)
-            h_try = torch.where(lands, remaining, h)
-            step = stepper.step(rhs, state, t, y, q, direction * h_try)
-            with torch.no_grad():
-                ratio = error_ratio(norm.groups(step, y, q)).to(torch.float64)
-                accept, factor = control.propose(row, ratio.reshape(1), step.error_order)
-            accept = accept[0] & live
-            t_new = torch.where(lands, end, t + direction * h_try)
-            f_new = step.f_last if step.f_last is not None else rhs(t_new, step.y1)
-            log.append((accept, live, t_new, step_polynomial(step, f_new[0]) if run.dense else None))
-            y = torch.where(accept, step.y1, y)
-            q = None if q is None else torch.where(accept, step.q1, q)
-            state.f = torch.where(accept, f_new[0], state.f)
-            state.g = None if state.g is None else torch.where(accept, f_new[1], state.g)
-            nonfinite = torch.where(live, ~torch.isfinite(ratio), nonfinite)
-            last = torch.where(accept, h_try, last)
-            t = torch.where(accept, t_new, t)
-            h = torch.where(live, h_try * factor[0], h)
-            done = direction * (end - t) <= 1e-14 * span
-            collapsed = collapsed | (~done & (h < run.min_step) & (direction * (end - t) > run.min_step))
+            carry, record = attempt(carry)
+            log.append(record)
             attempts += 1
+        t, h, done, collapsed = carry[0], carry[1], carry[8], carry[9]
         # the one read-back of this block. Blocks double from 1 up to sync_every and stop near
         # where t1 is expected (steps left at the current size), so that a short solve wastes
         # few attempts past t1 and a long one reads back once per sync_every attempts
-        stop, left, size = torch.stack([(done | collapsed).to(torch.float64), (end - t).abs(), h]).tolist()
+        stop, left, size = torch.stack([(done | collapsed).to(torch.float64), (consts[0] - t).abs(), h]).tolist()
         if stop:
             break
         block = max(1, min(sync_every, 2 * block, math.ceil(left / size)))
@@ -90,18 +95,90 @@ def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int):
             raise MaxStepsExceeded(f"the solver attempted max_steps={run.max_steps} steps and reached only "
                                    f"t={float(t):.6g} of [{t0}, {t1}]; raise max_steps or loosen rtol/atol")
     _record(run, log)
-    if not bool(done):
-        where = f"t={float(t):.6g}"
-        if bool(nonfinite):
+    t, h, y, q, _, _, prev, rejected, done, _, nonfinite, last = carry
+    t, h, prev, rejected, done, nonfinite, last = torch.stack(         # one read-back for all of them
+        [v.to(torch.float64) for v in (t, h, prev, rejected, done, nonfinite, last)]).tolist()
+    if not done:
+        where = f"t={t:.6g}"
+        if nonfinite:
             raise NonFiniteError(f"the right-hand side returned NaN or Inf at {where} and shrinking the step "
                                  f"(below min_step={run.min_step:.3g}) did not help")
         raise StepSizeTooSmall(f"the step size fell below min_step={run.min_step:.3g} at {where}; the problem "
                                "may be stiff (drop sync_every and use method='rodas5p' or 'auto') or blowing "
                                "up: loosen rtol/atol or check the dynamics")
-    run.h = float(h)
-    if not torch.isnan(last):
-        run.last_step = float(last)
+    run.h, run.controller._prev_ratio, run.controller._rejected_last = h, prev, bool(rejected)
+    if not math.isnan(last):
+        run.last_step = last
     return y, q
+
+
+def _attempt(stepper, norm, gains, rhs, direction: float, dense: bool, carry, consts):
+    """One step attempt on tensors: (new carry, (accepted, live, end time, polynomial)).
+
+    carry: (t, h, y, q, F, g, previous error ratio, rejected last, done, collapsed,
+    non-finite, last accepted step); consts: (t1, |t1 - t0|, min_step). An attempt
+    after t1 (not live) changes nothing but computes all the same."""
+    t, h, y, q, f, g, prev, rejected, done, collapsed, nonfinite, last = carry
+    end, span, min_step = consts
+    live = ~done
+    remaining = (end - t).abs()
+    lands = (h >= remaining) | (remaining - h < 1e-10 * span)
+    h_try = torch.where(lands, remaining, h)
+    step = stepper.step(rhs, StepperState(f=f, g=g, t=0.0), t, y, q, direction * h_try)
+    with torch.no_grad():
+        ratio = error_ratio(norm.groups(step, y, q)).to(torch.float64)
+        accept, factor, new_prev, new_rejected = pi_update(gains, prev, rejected, ratio, step.error_order)
+    accept = accept & live
+    t_new = torch.where(lands, end, t + direction * h_try)
+    f_new = step.f_last if step.f_last is not None else rhs(t_new, step.y1)
+    coefs = step_polynomial(step, f_new[0]) if dense else None
+    t_next = torch.where(accept, t_new, t)
+    h_next = torch.where(live, h_try * factor, h)
+    done = direction * (end - t_next) <= 1e-14 * span
+    carry = (t_next, h_next, torch.where(accept, step.y1, y), None if q is None else torch.where(accept, step.q1, q),
+             torch.where(accept, f_new[0], f), None if g is None else torch.where(accept, f_new[1], g),
+             torch.where(live, new_prev, prev), torch.where(live, new_rejected, rejected), done,
+             collapsed | (~done & (h_next < min_step) & (direction * (end - t_next) > min_step)),
+             torch.where(live, ~torch.isfinite(ratio), nonfinite), torch.where(accept, h_try, last))
+    return carry, (accept, live, t_new, coefs)
+
+
+def _captured(capture: CapturedField, stepper, norm, run, direction, rhs, consts, rows):
+    """attempt(carry) running _attempt compiled around capture.fn, counted as the eager
+    attempt counts (stages - 1 calls for FSAL methods, stages otherwise)."""
+    if any(torch.is_tensor(v) for v in (norm.rtol, norm.atol)):
+        raise ValueError("capture needs scalar rtol and atol (per-component tolerances are not captured)")
+    tab = stepper.tableau
+    # tolerances and times are inputs, not constants: a new rtol or interval reuses the code
+    key = (tab.name, str(norm.error_on), norm.quadrature_in_norm, direction, run.dense)
+    if key not in capture.cache:
+        fn, gains, dense, error_on, in_norm = capture.fn, run.controller, run.dense, norm.error_on, \
+            norm.quadrature_in_norm
+
+        def attempt(ctx, sides, tolerances, carry, consts):
+            def field(t, y):      # each side of a stop just inside it, as the eager solve does
+                for stop, inside in sides:
+                    t = torch.where(t == stop, inside, t)
+                return fn(ctx, t, y)
+
+            rtol, atol = tolerances
+            tensor_norm = ErrorNorm(rtol, atol, error_on, in_norm, (rtol, atol))
+            return _attempt(stepper, tensor_norm, gains, field, direction, dense, carry, consts)
+
+        capture.cache[key] = torch.compile(attempt)
+    compiled, calls = capture.cache[key], len(tab.c) - 1 if tab.fsal else len(tab.c)
+    device = consts[0].device
+    inside = list(rhs.inside.items()) or [(float("nan"), float("nan"))]
+    sides = torch.tensor(inside, dtype=torch.float64, device=device)
+    tolerances = torch.tensor([norm.rtol, norm.atol], dtype=torch.float64, device=device)
+
+    def attempt(carry):
+        out = compiled(capture.ctx, sides, tolerances, carry, consts)
+        rhs.calls += calls
+        capture.count(calls, rows)
+        return out
+
+    return attempt
 
 
 def _record(run, log):

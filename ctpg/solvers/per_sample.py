@@ -35,19 +35,26 @@ class TensorPIController:
 
     def propose(self, rows, ratio: torch.Tensor, error_order: int):
         """(accept [k], factor [k]) for the samples `rows` with error ratios `ratio`."""
-        k, g = error_order + 1, self.gains
-        finite = torch.isfinite(ratio)
-        accept = finite & (ratio <= 1.0)
-        safe = torch.where(finite, ratio, torch.ones_like(ratio)).clamp_min(1e-300)
-        grow = g.safety * safe ** (-g.beta1 / k) * self.prev[rows] ** (g.beta2 / k)
-        grow = torch.where(ratio == 0, torch.full_like(ratio, g.max_factor), grow)
-        grow = grow.clamp(g.min_factor, g.max_factor)
-        grow = torch.where(self.rejected_last[rows], grow.clamp_max(1.0), grow)
-        shrink = (g.safety * safe ** (-1.0 / k)).clamp_min(g.min_factor)
-        shrink = torch.where(finite, shrink, torch.full_like(ratio, g.min_factor))
-        self.prev[rows] = torch.where(accept, ratio.clamp_min(1e-4), self.prev[rows])
-        self.rejected_last[rows] = ~accept
-        return accept, torch.where(accept, grow, shrink)
+        accept, factor, self.prev[rows], self.rejected_last[rows] = pi_update(
+            self.gains, self.prev[rows], self.rejected_last[rows], ratio, error_order)
+        return accept, factor
+
+
+def pi_update(g: PIController, prev, rejected_last, ratio: torch.Tensor, error_order: int):
+    """control.PIController.propose on tensors, without state: (accept, factor, the new
+    previous ratio, the new rejected-last flag), element by element."""
+    k = error_order + 1
+    finite = torch.isfinite(ratio)
+    accept = finite & (ratio <= 1.0)
+    safe = torch.where(finite, ratio, torch.ones_like(ratio)).clamp_min(1e-300)
+    grow = g.safety * safe ** (-g.beta1 / k) * prev ** (g.beta2 / k)
+    grow = torch.where(ratio == 0, torch.full_like(ratio, g.max_factor), grow)
+    grow = grow.clamp(g.min_factor, g.max_factor)
+    grow = torch.where(rejected_last, grow.clamp_max(1.0), grow)
+    shrink = (g.safety * safe ** (-1.0 / k)).clamp_min(g.min_factor)
+    shrink = torch.where(finite, shrink, torch.full_like(ratio, g.min_factor))
+    prev = torch.where(accept, ratio.clamp_min(1e-4), prev)
+    return accept, torch.where(accept, grow, shrink), prev, ~accept
 
 
 def _rows_of(step: Step, keep) -> Step:
