@@ -6,7 +6,8 @@ torchdiffeq.odeint_adjoint on the state [x, running cost] (dopri5) with the defa
 adjoint norm ("adjoint") and with adjoint_options=dict(norm="seminorm"); by autograd
 through torchdiffeq.odeint (dopri5, "direct"); and by ctpg.CTPG (dopri5, tsit5). The
 "-compiled" variants run the same under torch.compile: ctpg.CTPG(compile=True) (its
-forward rhs and backward stage compiled) and torchdiffeq's odeint with a compiled ODE function
+forward rhs and backward stage compiled; "-captured": with sync_every=16, whole step
+attempts compiled) and torchdiffeq's odeint with a compiled ODE function
 (autograd through the compiled graph), the same chance for both; their first call,
 which compiles, is a warm-up outside the sweep whose seconds are reported.
 Recorded per point: relative error ||g - g_ref|| / ||g_ref||, wall-clock (minimum
@@ -42,8 +43,8 @@ from ctpg.estimators.compiled import compilable
 from envs.diffdrive import observation_features
 
 METHODS = ("adjoint", "adjoint-seminorm", "direct", "direct-compiled", "ctpg-dopri5", "ctpg-tsit5",
-           "ctpg-dopri5-compiled")
-CTPG_METHODS = ("ctpg-dopri5", "ctpg-tsit5", "ctpg-dopri5-compiled")
+           "ctpg-dopri5-compiled", "ctpg-dopri5-captured")
+CTPG_METHODS = ("ctpg-dopri5", "ctpg-tsit5", "ctpg-dopri5-compiled", "ctpg-dopri5-captured")
 LEVELS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 EVALS = "per-sample evaluations of f or of one VJP of f, forward + backward (a batched call on N states counts N)"
 
@@ -96,9 +97,11 @@ def flat(grads) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def ctpg_gradient(problem: dict, method: str, tol: float, compile: bool = False):
-    """(flat dL/dtheta, per-sample evals, raw counts) from ctpg.CTPG."""
-    estimator = ctpg.CTPG(method=method, rtol=tol, atol=tol, compile=compile)
+def ctpg_gradient(problem: dict, method: str, tol: float, variant: str = ""):
+    """(flat dL/dtheta, per-sample evals, raw counts) from ctpg.CTPG; variant "compiled"
+    (compile=True) or "captured" (compile=True, sync_every=16: whole attempts compiled)."""
+    options = dict(compiled=dict(compile=True), captured=dict(compile=True, sync_every=16)).get(variant, {})
+    estimator = ctpg.CTPG(method=method, rtol=tol, atol=tol, **options)
     loss, info = estimator(problem["system"], problem["policy"], problem["x0"], problem["T"])
     grad = flat(torch.autograd.grad(loss, problem["params"]))
     return grad, info.oracle_evals, dict(forward=info.forward.oracle, backward=info.backward.oracle)
@@ -223,7 +226,8 @@ def measure(problem: dict, method: str, tol: float, repeats: int) -> dict:
     for _ in range(repeats):
         start = time.perf_counter()
         if method.startswith("ctpg"):
-            grad, evals, raw = ctpg_gradient(problem, method.split("-")[1], tol, method.endswith("-compiled"))
+            _, solver, *variant = method.split("-")         # ctpg-dopri5[-compiled|-captured]
+            grad, evals, raw = ctpg_gradient(problem, solver, tol, *variant)
         else:
             grad, evals, raw = torchdiffeq_gradient(problem, method, tol)
         if grad.is_cuda:
@@ -358,11 +362,12 @@ def run(cfg: Config) -> dict:
         not_compilable = compilable(problem["system"], problem["policy"], problem["params"])
         for method in METHODS:
             for tol in cfg.tolerances:
-                if method.startswith("ctpg") and method.endswith("-compiled") and not_compilable:
+                compiled = method.endswith(("-compiled", "-captured"))
+                if method.startswith("ctpg") and compiled and not_compilable:
                     failures.append(dict(method=method, tol=tol, error=f"not compilable: {not_compilable}"))
                     continue
                 try:
-                    if method.endswith("-compiled") and method not in warmup:     # compile outside the sweep
+                    if compiled and method not in warmup:     # compile outside the sweep
                         warmup[method] = measure(problem, method, tol, 1)["wall_time"]
                     points.append(measure(problem, method, tol, cfg.repeats))
                 except (RuntimeError, FloatingPointError, AssertionError) as err:   # solver failures

@@ -63,10 +63,13 @@ def test_torchdiffeq_compare_smoke(tmp_path):
             assert point["evals"] > 0
         assert isinstance(res["floor"]["ctpg-dopri5_below_adjoint"]["holds"], bool)
     assert result["systems"]["diffdrive"]["check"]["fd_max_rel_error"] < 1e-5
-    assert set(result["systems"]["diffdrive"]["warmup_seconds"]) == {"direct-compiled", "ctpg-dopri5-compiled"}
-    compiled = [p for p in result["systems"]["diffdrive"]["points"] if p["method"] == "ctpg-dopri5-compiled"]
+    assert set(result["systems"]["diffdrive"]["warmup_seconds"]) == {"direct-compiled", "ctpg-dopri5-compiled",
+                                                                     "ctpg-dopri5-captured"}
     eager = [p for p in result["systems"]["diffdrive"]["points"] if p["method"] == "ctpg-dopri5"]
-    assert [p["rel_error"] for p in compiled] == pytest.approx([p["rel_error"] for p in eager], rel=1e-6)
+    # compiled: the same steps; captured: the device-side loop's, which may differ in roundoff
+    for variant, rel in (("ctpg-dopri5-compiled", 1e-6), ("ctpg-dopri5-captured", 0.05)):
+        compiled = [p for p in result["systems"]["diffdrive"]["points"] if p["method"] == variant]
+        assert [p["rel_error"] for p in compiled] == pytest.approx([p["rel_error"] for p in eager], rel=rel)
     ctpg_points = [p for p in result["systems"]["lqr"]["points"] if p["method"] == "ctpg-dopri5"]
     assert min(p["rel_error"] for p in ctpg_points) < 1e-4
 

@@ -176,6 +176,16 @@ class PIController:
         self._rejected_last = True
         return False, max(self.min_factor, self.safety * ratio ** (-1.0 / k))
 
+    @property
+    def memory(self) -> tuple[float, bool]:
+        """(previous accepted error ratio, whether the last step was rejected): the state a
+        loop that runs the controller elsewhere (ctpg.solvers.on_device) takes and gives back."""
+        return self._prev_ratio, self._rejected_last
+
+    @memory.setter
+    def memory(self, value) -> None:
+        self._prev_ratio, self._rejected_last = value
+
     def reset(self) -> None:
         """Forget the error history (after a switch of method)."""
         self._prev_ratio, self._rejected_last = 1.0, False

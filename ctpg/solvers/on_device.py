@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from ctpg.errors import MaxStepsExceeded, NonFiniteError, StepSizeTooSmall
-from ctpg.solvers.control import ErrorNorm, error_ratio, initial_step
+from ctpg.solvers.control import ErrorNorm, PIController, error_ratio, initial_step
 from ctpg.solvers.per_sample import pi_update
 from ctpg.solvers.steppers import ExplicitRK, StepperState, step_polynomial
 
@@ -41,7 +41,8 @@ class CapturedField:
     compiled code, so new values do not recompile; count(calls, rows): records `calls`
     evaluations on `rows` samples where the eager function would have counted them
     (tracing skips Python side effects); cache: a dict, owned with fn, that keeps the
-    compiled attempts (one per method, tolerances and direction)."""
+    compiled attempts (one per method, direction and error-norm layout; tolerances and
+    times are inputs)."""
 
     fn: Callable
     ctx: tuple
@@ -68,8 +69,9 @@ def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int, capture
         run.times.append(t0)
     scalar = dict(dtype=torch.float64, device=y.device)
     flag = dict(dtype=torch.bool, device=y.device)
-    t, h, prev = (torch.tensor(float(v), **scalar) for v in (t0, run.h, run.controller._prev_ratio))
-    carry = (t, h, y, q, state.f, state.g, prev, torch.tensor(run.controller._rejected_last, **flag),
+    prev_ratio, rejected_last = run.controller.memory
+    t, h, prev = (torch.tensor(float(v), **scalar) for v in (t0, run.h, prev_ratio))
+    carry = (t, h, y, q, state.f, state.g, prev, torch.tensor(rejected_last, **flag),
              *(torch.zeros((), **flag) for _ in range(3)), torch.tensor(float("nan"), **scalar))
     consts = tuple(torch.tensor(float(v), **scalar) for v in (t1, span, run.min_step))
     if capture is None:
@@ -90,7 +92,8 @@ def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int, capture
         stop, left, size = torch.stack([(done | collapsed).to(torch.float64), (consts[0] - t).abs(), h]).tolist()
         if stop:
             break
-        block = max(1, min(sync_every, 2 * block, math.ceil(left / size)))
+        steps_left = math.ceil(left / size) if size > 0 and math.isfinite(left / size) else sync_every
+        block = max(1, min(sync_every, 2 * block, steps_left))
         if run.accepted + run.rejected + attempts >= run.max_steps:
             raise MaxStepsExceeded(f"the solver attempted max_steps={run.max_steps} steps and reached only "
                                    f"t={float(t):.6g} of [{t0}, {t1}]; raise max_steps or loosen rtol/atol")
@@ -106,7 +109,7 @@ def adaptive_on_device(run, y, q, t0: float, t1: float, sync_every: int, capture
         raise StepSizeTooSmall(f"the step size fell below min_step={run.min_step:.3g} at {where}; the problem "
                                "may be stiff (drop sync_every and use method='rodas5p' or 'auto') or blowing "
                                "up: loosen rtol/atol or check the dynamics")
-    run.h, run.controller._prev_ratio, run.controller._rejected_last = h, prev, bool(rejected)
+    run.h, run.controller.memory = h, (prev, bool(rejected))
     if not math.isnan(last):
         run.last_step = last
     return y, q
@@ -152,7 +155,8 @@ def _captured(capture: CapturedField, stepper, norm, run, direction, rhs, consts
     # tolerances and times are inputs, not constants: a new rtol or interval reuses the code
     key = (tab.name, str(norm.error_on), norm.quadrature_in_norm, direction, run.dense)
     if key not in capture.cache:
-        fn, gains, dense, error_on, in_norm = capture.fn, run.controller, run.dense, norm.error_on, \
+        # constants only in the closure: the compiled attempt outlives this solve
+        fn, gains, dense, error_on, in_norm = capture.fn, PIController(), run.dense, norm.error_on, \
             norm.quadrature_in_norm
 
         def attempt(ctx, sides, tolerances, carry, consts):
