@@ -162,6 +162,9 @@ class CompiledClosedLoop:
         coefs) of the stored trajectory) field for captured solves, counted as rhs and
         stage count."""
         counter = self.system.counter
+        if kind == "vjp":        # the trajectory's length changes from estimate to estimate
+            for tensor in ctx[1:]:
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
 
         def count(calls, rows):
             for _ in range(calls):
