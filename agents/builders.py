@@ -37,17 +37,15 @@ def make_estimator(config: TrainConfig):
         return ctpg.BPTT(dt=config.dt, method=config.bptt_method)
     cls = ctpg.CTPG if config.estimator == "ctpg" else ctpg.Backsolve
     kwargs = dict(method=config.method, rtol=config.rtol, atol=config.atol, dt=config.solver_dt)
-    for option in ("per_sample", "reuse_jacobians", "compile"):       # CTPG options a Backsolve lacks
-        if getattr(config, option):
-            if option not in inspect.signature(cls).parameters:
-                raise ConfigError(f"{option}=True needs ctpg.{cls.__name__}({option}=...), which it does not "
-                                  f"have; drop it (--no-{option.replace('_', '-')}) or use the ctpg estimator")
-            kwargs[option] = True
-    if config.sync_every is not None:
-        if "sync_every" not in inspect.signature(cls).parameters:
-            raise ConfigError(f"sync_every needs ctpg.CTPG(sync_every=...), which ctpg.{cls.__name__} does not "
-                              "have; drop it or use the ctpg estimator")
-        kwargs["sync_every"] = config.sync_every
+    for option in ("per_sample", "reuse_jacobians", "compile", "sync_every"):   # CTPG options a Backsolve lacks
+        value = getattr(config, option)
+        if value is None or value is False:
+            continue
+        if option not in inspect.signature(cls).parameters:
+            flag = f" (--no-{option.replace('_', '-')})" if value is True else ""
+            raise ConfigError(f"{option}={value!r} needs ctpg.{cls.__name__}({option}=...), which it does not "
+                              f"have; drop it{flag} or use the ctpg estimator")
+        kwargs[option] = value
     return cls(**kwargs)
 
 

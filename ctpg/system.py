@@ -81,6 +81,13 @@ def _counted(kind: str, method):
     return wrapper
 
 
+def uncounted(method):
+    """An oracle method without its counting wrapper (`_counted`): for callers that count
+    themselves, such as compiled code, where counting would mutate Python state that
+    torch.compile guards on."""
+    return getattr(method, "__wrapped__", method)
+
+
 class ControlSystem:
     """Base class of every differentiable control system.
 

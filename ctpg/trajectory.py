@@ -96,18 +96,19 @@ class Trajectory:
         c = self.coefs[i] if rows is None else self.coefs[i][:, rows]
         return _horner(c, theta)
 
-    def _times_on_device(self) -> torch.Tensor:
+    def times_tensor(self) -> torch.Tensor:
+        """The boundary times as a float64 tensor on the coefficients' device (made once)."""
         if self._times_tensor is None:
             self._times_tensor = torch.tensor(self.times, dtype=torch.float64, device=self.coefs.device)
         return self._times_tensor
 
     def _evaluate_on_device(self, t: torch.Tensor, rows) -> torch.Tensor:
-        out = evaluate_at_tensor_time(self._times_on_device(), self.coefs, t)
+        out = evaluate_at_tensor_time(self.times_tensor(), self.coefs, t)
         return out if rows is None else out[rows]
 
     def _evaluate_each(self, t: torch.Tensor, rows) -> torch.Tensor:
         self._check(float(t.min())), self._check(float(t.max()))
-        times = self._times_on_device()
+        times = self.times_tensor()
         t64 = t.to(torch.float64)
         i = (torch.searchsorted(times, t64, right=True) - 1).clamp(0, len(self.times) - 2)
         rows = torch.arange(t.shape[0], device=t.device) if rows is None else rows

@@ -12,16 +12,16 @@ What it needs: f and the costs written in torch (system.f_differentiable: the
 default autograd vjp, or an analytic one with `torch_f = True`; the compiled stage
 differentiates f itself, not through a finite-difference vjp) and the policy a
 torch.nn.Module whose own parameters are the gradient's parameters (no learnable
-system or cost parameters). The functions
-take the parameters as inputs, so optimiser updates do not recompile; a new batch
-size, dtype or device compiles once more (dynamic shapes after the second size).
+system or cost parameters). The functions take the parameters as inputs, so optimiser
+updates do not recompile; a new batch size, dtype or device compiles once more
+(dynamic shapes after the second size).
 
 Cost: the first call of each function compiles it, several seconds (inductor caches
 the generated code on disk, so a later process compiles faster). Fails with a
 RuntimeError naming the fix when torch.compile cannot build the code (inductor's CPU
-backend needs a C++ compiler). Counts stay honest:
-each right-hand side call is counted as one f call on N states and each stage as one
-vjp, exactly as the eager path counts them.
+backend needs a C++ compiler). Counts stay honest: each right-hand side call is
+counted as one f call on N states and each stage as one vjp, exactly as the eager path
+counts them.
 """
 from __future__ import annotations
 
@@ -29,13 +29,16 @@ import torch
 
 from ctpg.estimators.closed_loop import clocked
 from ctpg.solvers.on_device import CapturedField
+from ctpg.system import uncounted
 from ctpg.trajectory import evaluate_at_tensor_time
 
 
-def _uncounted(method):
-    """The system's oracle method without the counting wrapper (ctpg.system._counted):
-    counting mutates Python state, which torch.compile would guard on and recompile."""
-    return getattr(method, "__wrapped__", method)
+def _clocked_state(system, y, t):
+    """y = [x, c] with x's clock snapped to t (closed_loop.clocked); y itself without a clock."""
+    if system.clock_index is None:
+        return y
+    d = system.state_dim
+    return torch.cat([clocked(system, y[:, :d], t), y[:, d:]], 1)
 
 
 def compilable(system, policy, params) -> str | None:
@@ -78,8 +81,8 @@ class CompiledClosedLoop:
     """Compiled rhs(t, y) and stage(t, x, lam) of one (system, policy module) pair.
 
     Build it once and keep it (CTPG caches the last one): the compiled code is tied to
-    these objects. `parameters(params)` gives the tuple both functions take, read from
-    the module at call time (frozen parameters and buffers included).
+    these objects. `parameters()` gives the tuple both functions take, read from the
+    module at call time (frozen parameters and buffers included).
     """
 
     def __init__(self, system, policy, params):
@@ -88,7 +91,7 @@ class CompiledClosedLoop:
             raise ValueError(f"CTPG(compile=True): {why}; use compile=False")
         self.system, self.module = system, getattr(policy, "policy", policy)
         self.keys = self._keys(params)
-        d, f = system.state_dim, _uncounted(type(system).f)
+        d, f = system.state_dim, uncounted(type(system).f)
         low, high = system.action_low, system.action_high
         keys, module, n = self.keys, self.module, len(params)
 
@@ -110,14 +113,11 @@ class CompiledClosedLoop:
             return -g_x, -torch.cat([g.reshape(-1) for g in g_theta])
 
         self._rhs, self._stage = torch.compile(rhs), torch.compile(stage)
-        clock = system.clock_index
 
         # the same two as pure functions of tensors, for whole attempts compiled around them
         # (capture, ctpg.solvers.on_device): created once, so that compiled attempts are reused
         def forward_field(ctx, t, y):
-            if clock is not None:
-                y = torch.cat([clocked(system, y[:, :d], t), y[:, d:]], 1)
-            return rhs(ctx[0], y), None
+            return rhs(ctx[0], _clocked_state(system, y, t)), None
 
         def adjoint_field(ctx, t, lam):
             values, times, coefs = ctx
@@ -146,11 +146,10 @@ class CompiledClosedLoop:
 
     def rhs(self, values):
         """rhs(t, y) for the solver: one counted f call on N states."""
-        system, d = self.system, self.system.state_dim
+        system = self.system
 
-        def call(t, y, rows=None):
-            if system.clock_index is not None:
-                y = torch.cat([clocked(system, y[:, :d], t), y[:, d:]], 1)
+        def call(t, y, rows=None):      # the clock is snapped outside: a float t in compiled code recompiles
+            y = _clocked_state(system, y, t)
             out = _run(self._rhs, values, y)
             system.counter.record("f", y.shape[0])
             return out

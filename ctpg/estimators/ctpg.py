@@ -110,9 +110,10 @@ class CTPG(Estimator):
         capture = None
         if self.compile:
             loop = self._compiled_loop(problem)
-            rhs = loop.rhs(loop.parameters())
+            values = loop.parameters()
+            rhs = loop.rhs(values)
             if self.sync_every and not is_stiff_method(self.method):
-                capture = loop.captured("f", (loop.parameters(),))
+                capture = loop.captured("f", (values,))
         else:
             rhs = closed_loop_rhs(system, problem.policy)
         with torch.no_grad():
@@ -145,7 +146,7 @@ class CTPG(Estimator):
             values = loop.parameters()
             stage = lambda t, x, lam: loop.stage(values, t, x, lam)     # noqa: E731
             if self.sync_every and not is_stiff_method(self.adjoint_method):
-                capture = loop.captured("vjp", (values, path._times_on_device(), path.coefs))
+                capture = loop.captured("vjp", (values, path.times_tensor(), path.coefs))
         field = ControlAdjoint(system, problem.policy, params, problem.system_params, path, self.per_sample, spline,
                                stage)
         lam_T, mu_T = terminal_adjoint(system, saved["xT"], params, 1.0)

@@ -14,7 +14,7 @@ The controller is the host loop's, so the steps are its steps up to roundoff (a 
 step size reorders roundings in the error estimate). What it costs: the attempts past
 t1 in the last block (computed and discarded; few, the block was sized to the steps
 left) and a dense polynomial for every attempt, rejected ones included. On a CPU, where
-a read-back costs nothing, it is 3-18 % slower (README, Throughput); it is the form that
+a read-back costs nothing, it is 3-19 % slower (README, Throughput); it is the form that
 capturing a solve (CUDA graphs, torch.compile of an attempt) needs.
 """
 from __future__ import annotations

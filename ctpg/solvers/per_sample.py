@@ -25,9 +25,9 @@ from ctpg.solvers.steppers import Step, StepperState, step_polynomial
 
 @dataclasses.dataclass
 class TensorPIController:
-    """The PI controller of control.PIController on tensors, one state per row: per
-    sample here, one row for the device-side loop (ctpg.solvers.on_device). Its gains
-    and bounds are that controller's, so the two cannot drift apart."""
+    """The PI controller of control.PIController on tensors, one state per sample
+    (pi_update, which the device-side loop of ctpg.solvers.on_device also runs). Its
+    gains and bounds are that controller's, so the two cannot drift apart."""
 
     prev: torch.Tensor
     rejected_last: torch.Tensor
