@@ -22,7 +22,8 @@ class BPTT(Estimator):
     for systems that declare `position_velocity`)
     while autograd records every operation; the backward pass is reverse-mode autograd
     through that graph, with one counted `vjp` per f call (the dynamics enter as
-    `system.f_autograd`, which also differentiates the system's own parameters).
+    `system.f_autograd`, which also differentiates the parameters f reads: the system's own
+    and, for a torch f, any other, such as a policy parameter read through a closure).
 
     Stores every intermediate the graph needs: O(T/dt x N x (d + k + policy
     activations)) floats, reported in `info.stored_floats` (distinct storages, so a
@@ -64,7 +65,12 @@ class BPTT(Estimator):
     def _forward(self, problem):
         system, d = problem.system, problem.system.state_dim
         stored = _SavedTensorCounter()
-        own = problem.system_params
+        # The tensors f may read besides x and u: for a torch f (autograd vjp) every
+        # parameter, since f can read a policy's parameter through a closure as well as
+        # the system's own; the custom op's backward gives lam^T df/dtheta for each (zero
+        # where f does not read it), the policy's own path through u being autograd's.
+        # Other systems answer df/dtheta for their own tensors only, as in CTPG.
+        own = problem.params if system.vjp_by_autograd else problem.system_params
         with torch.enable_grad() if problem.keep_for_backward else torch.no_grad(), \
                 torch.autograd.graph.saved_tensors_hooks(stored.pack, stored.unpack):
             x0 = problem.x0.detach().requires_grad_(problem.keep_for_backward)
