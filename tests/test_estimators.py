@@ -375,6 +375,53 @@ def test_bad_inputs_raise_clear_errors():
         BPTT(dt=0.0)
 
 
+@pytest.mark.parametrize("make, match", [
+    (lambda: CTPG(rtol=-1), "CTPG: rtol must be a finite number >= 0"),
+    (lambda: CTPG(atol=float("nan")), "CTPG: atol must be"),
+    (lambda: CTPG(rtol=0, atol=0), "both 0"),
+    (lambda: CTPG(adjoint_rtol=-1e-3), "CTPG: adjoint_rtol must be"),
+    (lambda: CTPG(method="dopri45"), "CTPG: method='dopri45': unknown solver method"),
+    (lambda: CTPG(adjoint_method="rk5"), "CTPG: adjoint_method='rk5'"),
+    (lambda: CTPG(dt=-0.1), "CTPG: dt must be a positive number"),
+    (lambda: CTPG(max_steps=0), "CTPG: max_steps must be a positive integer"),
+    (lambda: CTPG(sync_every=0), "CTPG: sync_every must be a positive integer"),
+    (lambda: Backsolve(rtol=-1), "Backsolve: rtol must be"),
+    (lambda: Backsolve(method="nope"), "Backsolve: method='nope'"),
+    (lambda: Backsolve(checkpoints=1.5), "Backsolve: checkpoints must be an integer"),
+    (lambda: BPTT(method="nope"), "BPTT: method='nope'.*semi-implicit-euler"),
+    (lambda: BPTT(dt=float("inf")), "positive step"),
+])
+def test_estimators_check_every_option_at_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_valid_options_are_accepted_at_construction():
+    tensor_tol = torch.tensor([1e-6, 1e-6, 1e-8], dtype=DT)      # per component
+    for estimator in (CTPG(method="rodas5p"), CTPG(method="auto:dopri5+rosenbrock23", rtol=0, atol=1e-8),
+                      CTPG(rtol=tensor_tol, atol=tensor_tol), CTPG(dt=0.01, method="rk4"),
+                      Backsolve(method="tsit5", checkpoints=2), BPTT(method="semi-implicit-euler"),
+                      BPTT(dt=0.05, method="rk4")):
+        assert isinstance(estimator, ctpg.Estimator)
+
+
+def test_a_policy_of_another_dtype_is_refused_with_the_fix():
+    system = LQR()                                                   # float64
+    policy = torch.nn.Linear(2, 2)                                   # float32
+    with pytest.raises(ValueError, match=r"policy's parameters are torch.float32 but the system uses "
+                                         r"torch.float64; convert the policy with policy.to\(torch.float64\)"):
+        CTPG()(system, policy, system.sample_initial_state(3))
+
+
+def test_nan_in_x0_names_the_samples():
+    system = LQR()
+    x0 = system.sample_initial_state(8)
+    x0[3, 1] = torch.nan
+    x0[6, 0] = torch.inf
+    with pytest.raises(ValueError, match=r"x0 contains NaN or Inf in sample\(s\) 3, 6 \(of 8\)"):
+        BPTT()(system, LinearPolicy(torch.eye(2, dtype=DT)), x0)
+
+
 class PendulumReadingPolicyParameter(ControlSystem):
     """x0' = x1, x1' = -k sin(x0) - 0.1 x1 + u, where k is read through a closure from
     `holder` (a parameter registered on the policy, not on the system)."""

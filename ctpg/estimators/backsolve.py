@@ -7,6 +7,7 @@ from ctpg.adjoint import unflatten
 from ctpg.estimators.base import Estimator
 from ctpg.estimators.closed_loop import adjoint_derivatives, closed_loop_rhs, clocked, terminal_adjoint
 from ctpg.solvers import solve
+from ctpg.solvers.options import check_method, check_positive, check_tolerances
 
 
 class Backsolve(Estimator):
@@ -31,8 +32,12 @@ class Backsolve(Estimator):
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
                  checkpoints: int = 0, dt: float | None = None, max_steps: int = 100_000):
-        if checkpoints < 0:
-            raise ValueError(f"checkpoints must be >= 0, got {checkpoints}")
+        if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 0:
+            raise ValueError(f"Backsolve: checkpoints must be an integer >= 0, got {checkpoints!r}")
+        check_method("Backsolve", "method", method)
+        check_tolerances("Backsolve", rtol, atol)
+        check_positive("Backsolve", "dt", dt)
+        check_positive("Backsolve", "max_steps", max_steps, integer=True, optional=False)
         self.method, self.rtol, self.atol, self.dt = method, rtol, atol, dt
         self.checkpoints, self.max_steps = checkpoints, max_steps
 

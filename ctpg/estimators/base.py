@@ -98,6 +98,27 @@ def _check_deterministic(policy, name: str) -> None:
                          "stage); call policy.eval() before estimating, or use a deterministic policy")
 
 
+def _check_policy_dtype(policy, system, name: str) -> None:
+    """Refuse a policy module whose floating parameters or buffers have another dtype
+    than the system's (torch would fail deep inside the first solve with a bare
+    "mat1 and mat2 must have the same dtype")."""
+    if not isinstance(policy, torch.nn.Module):
+        return
+    dtypes = {t.dtype for t in (*policy.parameters(), *policy.buffers()) if t.is_floating_point()}
+    other = sorted(str(d) for d in dtypes - {system.dtype})
+    if other:
+        short = str(system.dtype).replace("torch.", "")
+        raise ValueError(f"{name}: the policy's parameters are {', '.join(other)} but the system uses "
+                         f"{system.dtype}; convert the policy with policy.to(torch.{short}), or build the "
+                         f"system in the policy's dtype (envs.make(..., dtype={other[0]}))")
+
+
+def _first(indices: list, shown: int = 5) -> str:
+    """'0, 3, 7' or '0, 3, 7, 9, 12, ... (20 in all)'."""
+    head = ", ".join(map(str, indices[:shown]))
+    return head if len(indices) <= shown else f"{head}, ... ({len(indices)} in all)"
+
+
 def policy_parameters(policy) -> list[torch.Tensor]:
     """The tensors that receive gradients: a module's parameters with requires_grad."""
     params = policy.parameters() if hasattr(policy, "parameters") else []
@@ -121,6 +142,7 @@ class Estimator:
         T = system.horizon if T is None else float(T)
         self._check(system, x0, T)
         _check_deterministic(policy, self.name)
+        _check_policy_dtype(policy, system, self.name)
         params = _unique(policy_parameters(policy) + system.parameters()) if params is None else list(params)
         own = {id(p) for p in system.parameters()}
         problem = Problem(system, saturated_policy(policy, system), x0.detach(), T, params,
@@ -141,8 +163,10 @@ class Estimator:
         if x0.shape[0] == 0:
             raise ValueError(f"{self.name}: x0 is an empty batch (shape {tuple(x0.shape)}); "
                              "give at least one initial state")
-        if not torch.isfinite(x0).all():
-            raise ValueError(f"{self.name}: x0 contains NaN or Inf")
+        bad = (~torch.isfinite(x0)).any(1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"{self.name}: x0 contains NaN or Inf in sample(s) {_first(bad)} (of {x0.shape[0]}); "
+                             "the initial states must be finite")
         if not (T > 0 and math.isfinite(T)):
             raise ValueError(f"{self.name}: the horizon T must be positive and finite, got {T}; "
                              "for an infinite-horizon cost use a long finite T (or a discount in the cost)")

@@ -8,6 +8,7 @@ import torch
 from ctpg.estimators.base import Estimator
 from ctpg.estimators.closed_loop import closed_loop_rhs
 from ctpg.solvers import solve
+from ctpg.solvers.options import check_method, check_positive
 
 
 SEMI_IMPLICIT = "semi-implicit-euler"
@@ -35,8 +36,10 @@ class BPTT(Estimator):
     name = "bptt"
 
     def __init__(self, dt: float = 0.01, method: str = "euler", max_steps: int = 10_000_000):
-        if not dt > 0:
-            raise ValueError(f"BPTT needs a positive step, e.g. BPTT(dt=0.01); got dt={dt}")
+        if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (math.isfinite(dt) and dt > 0):
+            raise ValueError(f"BPTT needs a positive step, e.g. BPTT(dt=0.01); got dt={dt!r}")
+        check_method("BPTT", "method", method, extra=(SEMI_IMPLICIT,))
+        check_positive("BPTT", "max_steps", max_steps, integer=True, optional=False)
         self.dt, self.method, self.max_steps = dt, method, max_steps
 
     def _rollout(self, rhs, system, y0, T):

@@ -9,6 +9,7 @@ from ctpg.estimators.closed_loop import ControlAdjoint, closed_loop_jacobian, cl
 from ctpg.estimators.compiled import CompiledClosedLoop
 from ctpg.estimators.jacobian_spline import JacobianSpline
 from ctpg.solvers import is_stiff_method, solve
+from ctpg.solvers.options import check_method, check_positive, check_tolerances
 
 
 class CTPG(Estimator):
@@ -65,6 +66,15 @@ class CTPG(Estimator):
                  adjoint_dt: float | None = None, adjoint_seminorm: bool = False,
                  max_steps: int = 100_000, per_sample: bool = False, reuse_jacobians: bool = False,
                  compile: bool = False, sync_every: int | None = None):
+        check_method("CTPG", "method", method)
+        check_method("CTPG", "adjoint_method", adjoint_method or method)
+        check_tolerances("CTPG", rtol, atol)
+        check_tolerances("CTPG", rtol if adjoint_rtol is None else adjoint_rtol,
+                         atol if adjoint_atol is None else adjoint_atol, prefix="adjoint_")
+        for name, value in (("dt", dt), ("adjoint_dt", adjoint_dt)):
+            check_positive("CTPG", name, value)
+        check_positive("CTPG", "max_steps", max_steps, integer=True, optional=False)
+        check_positive("CTPG", "sync_every", sync_every, integer=True)
         self.method, self.rtol, self.atol, self.dt = method, rtol, atol, dt
         self.adjoint_method = adjoint_method or method
         self.adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
