@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from agents.config import ConfigError
+
 CHECKPOINT_NAME = "checkpoint.pt"
 ORACLE_KEYS = ("f_evals", "vjp_evals", "jac_evals", "sim_calls", "total_evals")
 
@@ -57,17 +59,42 @@ def save_checkpoint(run_dir, *, policy, optimizer, generator, counters: Counters
         "env_kwargs": dict(env_kwargs or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as file:
+        torch.save(payload, file)
+        file.flush()
+        os.fsync(file.fileno())     # on disk before it replaces the last good one
     os.replace(tmp, path)
     return path
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be read back (truncated, corrupted, not ctpg's)."""
+
+
+PAYLOAD_KEYS = ("policy", "optimizer", "generator", "torch_rng", "counters", "config", "history")
+
+
 def load_checkpoint(run_dir) -> dict:
-    """The payload written by save_checkpoint. Raises FileNotFoundError when absent."""
+    """The payload written by save_checkpoint. Raises FileNotFoundError when absent and
+    CheckpointError when the file is truncated, corrupted or lacks a run's state (a
+    clear error, never a silent fresh start)."""
     path = checkpoint_path(run_dir)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:        # zip, pickle and EOF errors all mean the same here
+        problem = f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'})"
+    else:
+        missing = [k for k in PAYLOAD_KEYS if k not in payload] if isinstance(payload, dict) else list(PAYLOAD_KEYS)
+        if not missing:
+            return payload
+        problem = f"is not a ctpg training checkpoint (missing {', '.join(missing)})"
+    raise CheckpointError(
+        f"{path} {problem}: it is truncated or corrupted (checkpoints are written to {path.name}.tmp and "
+        "renamed only when complete, so a run killed while saving leaves the previous one whole; this file "
+        "was damaged afterwards or is not ctpg's). Restore it from a copy, or start a new run in another "
+        "--logdir; this directory is left as it is")
 
 
 def restore(payload: dict, *, policy, optimizer, generator) -> tuple[Counters, list]:

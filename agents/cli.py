@@ -11,14 +11,16 @@
 
 The options of `train` are generated from the fields of agents.config.TrainConfig,
 so --help and the Python API never drift apart. Bad names or values exit with code 2
-and a two-line message (short usage, reason); a run that diverged exits with 1, one
-stopped by Ctrl-C with 130 after saving its checkpoint.
+and a two-line message (short usage, reason); a run that diverged, or a data-parallel
+run whose other process died, exits with 1; one stopped by Ctrl-C with 130 and one stopped
+by SIGTERM with 143, after saving its checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import importlib
+import signal
 import sys
 
 from agents.config import CTPG_DEFAULTS, ENV_DEFAULTS, ConfigError, TrainConfig
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(parser, args) -> int:
-    from agents.distributed import launched_by_torchrun
+    from agents.distributed import PeerFailure, launched_by_torchrun
     from agents.trainer import train
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("command", "command_parser", "logdir", "resume", "nproc")}
@@ -206,8 +208,11 @@ def run_train(parser, args) -> int:
         result = train(env, estimator, logdir=args.logdir, resume=args.resume, nproc=args.nproc, **overrides)
     except ConfigError as err:
         parser.error(str(err))
-    if result.status == "interrupted":
-        return EXIT_INTERRUPTED
+    except PeerFailure as err:          # a process of a data-parallel run died; rank 0 saved
+        print(f"[ctpg] {err}", file=sys.stderr)
+        return 1
+    if result.status == "interrupted":  # the shell's 128 + signal: 130 for Ctrl-C, 143 for SIGTERM
+        return 128 + (result.stop_signal or signal.SIGINT)
     return 1 if result.status == "diverged" else 0
 
 

@@ -32,6 +32,7 @@ once, NCCL after `TIMEOUT`).
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import os
 import pickle
@@ -48,6 +49,27 @@ SUMMED = ("memory/stored_floats",)
 WEIGHTED = ("cost/train", "solver/reconstruction_error")
 LARGEST = ("solver/steps_forward", "solver/steps_backward", "solver/rejected", "time/forward",
            "time/backward")
+
+
+class PeerFailure(RuntimeError):
+    """A collective failed: another process of the group died or stopped answering.
+    The trainer catches it at rank 0, writes the checkpoint of the last iteration
+    boundary and re-raises it with the command that resumes the run."""
+
+
+def _collective(method):
+    """Turn the backend's error in a collective (gloo: "Connection closed by peer")
+    into PeerFailure."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except RuntimeError as err:
+            if isinstance(err, PeerFailure):
+                raise
+            raise PeerFailure(f"process {self.rank} of {self.world_size}: another process of the data-parallel "
+                              f"run stopped answering ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    return wrapped
 
 
 class Solo:
@@ -112,6 +134,7 @@ class Group(Solo):
     def shard(self, x0):
         return torch.tensor_split(x0, self.world_size)[self.rank]
 
+    @_collective
     def reduce_gradients(self, params, weight, ok):
         """Sum weight * grad over the ranks into every p.grad; a rank whose estimate
         failed (ok False) sends NaN, so every rank skips the step alike."""
@@ -125,6 +148,7 @@ class Group(Solo):
             p.grad = flat[start:start + p.numel()].view_as(p).clone()
             start += p.numel()
 
+    @_collective
     def combine(self, oracle, scalars, weight):
         """Oracle counts and SUMMED scalars summed, WEIGHTED ones summed after weighting,
         LARGEST ones maximised over the ranks."""
@@ -141,6 +165,7 @@ class Group(Solo):
         combined = dict(zip(summed, total[len(keys):].tolist())) | dict(zip(largest, peak.tolist()))
         return oracle, {k: type(v)(combined.get(k, v)) for k, v in scalars.items()}   # counts stay ints
 
+    @_collective
     def agree(self, status, message, interrupted):
         """Rank 0's status, or "interrupted" when it has none and any rank was interrupted."""
         vote = torch.tensor([STATUSES.index(status) if self.is_main else 0, int(interrupted)], dtype=torch.float64)
@@ -159,12 +184,17 @@ class Group(Solo):
                 box[0] = ("ok", make())
             except ConfigError as err:
                 box[0] = ("error", str(err))
-        dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
-        kind, value = box[0]
+        kind, value = self._broadcast_object(box)
         if kind == "error":
             raise ConfigError(value)
         return value
 
+    @_collective
+    def _broadcast_object(self, box: list):
+        dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+        return box[0]
+
+    @_collective
     def sync_parameters(self, module):
         """Rank 0's parameters and buffers on every rank (a policy built without a seed)."""
         for tensor in [*module.parameters(), *module.buffers()]:
@@ -195,8 +225,22 @@ def from_environment() -> Group | Solo:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     _set_cuda_device(local_rank)
-    dist.init_process_group(backend(), init_method="env://", rank=rank, world_size=world, timeout=TIMEOUT)
+    _init_process_group(init_method="env://", rank=rank, world_size=world)
     return Group(rank, world, local_rank, owned=True)
+
+
+def _init_process_group(**kwargs) -> None:
+    """dist.init_process_group, with torch._dynamo imported first.
+
+    Importing torch._dynamo (which torch.optim does on first use) after the group
+    exists keeps a reference to it that destroy_process_group does not release, so
+    gloo's worker threads outlive the group and, destroyed at interpreter exit while
+    still joinable, abort the process ("terminate called without an active
+    exception", SIGABRT) in a few runs out of ten. Imported before, the group's threads
+    end with destroy_process_group (tests/test_distributed.py checks both).
+    """
+    import torch._dynamo  # noqa: F401  (the import is the point)
+    dist.init_process_group(backend(), timeout=TIMEOUT, **kwargs)
 
 
 def _group(rank, world, local_rank):
@@ -211,7 +255,7 @@ def _set_cuda_device(local_rank: int) -> None:
 def _join(store_port: int, rank: int, world: int) -> Group:
     store = dist.TCPStore("127.0.0.1", store_port, world, is_master=False, timeout=TIMEOUT)
     _set_cuda_device(rank)
-    dist.init_process_group(backend(), store=store, rank=rank, world_size=world, timeout=TIMEOUT)
+    _init_process_group(store=store, rank=rank, world_size=world)
     return Group(rank, world, rank)
 
 
@@ -229,8 +273,9 @@ def launch(nproc: int, kwargs: dict, progress_fn=None):
     """Train with `nproc` processes on this machine: this one is rank 0 (it returns the
     TrainResult and calls progress_fn), nproc - 1 more are spawned. `kwargs` are
     agents.train's arguments; a system or policy among them must pickle. Costs a Python
-    start and import of torch per spawned process (about 1-3 s). Raises RuntimeError when
-    a spawned process fails."""
+    start and import of torch per spawned process (about 1-3 s). Raises PeerFailure when
+    a spawned process dies during the run (rank 0 has then saved the checkpoint of the
+    last iteration boundary), RuntimeError when one fails after it."""
     from agents.trainer import train_in_group
     if dist.is_initialized():
         raise ConfigError("nproc > 1 inside a torch.distributed job (torchrun): the processes are "
@@ -250,10 +295,14 @@ def launch(nproc: int, kwargs: dict, progress_fn=None):
     finished = False
     try:
         _set_cuda_device(0)
-        dist.init_process_group(backend(), store=store, rank=0, world_size=nproc, timeout=TIMEOUT)
+        _init_process_group(store=store, rank=0, world_size=nproc)
         result = train_in_group(Group(0, nproc, 0), progress_fn=progress_fn, **kwargs)
         finished = True
         return result
+    except PeerFailure as err:
+        _stop(workers, finished)          # (again in finally: joining ended processes is free)
+        codes = ", ".join(f"rank {rank}: {w.exitcode}" for rank, w in enumerate(workers, 1))
+        raise PeerFailure(f"{err} (exit codes of the spawned processes: {codes})") from err.__cause__
     finally:
         _stop(workers, finished)
         if dist.is_initialized():

@@ -8,9 +8,11 @@ returning False stops the run. Each iteration costs one estimator forward and ba
 agents.distributed); every `eval_every` iterations an accurate solve on the held-out
 states adds roughly one tight-tolerance forward solve. A non-finite loss or gradient
 never reaches the parameters: the step is skipped and counted, and after
-`max_bad_steps` in a row the run stops with status "diverged". Ctrl-C stops the run at
-the next iteration boundary with status "interrupted", after writing a checkpoint (a
-second Ctrl-C aborts at once). Runs are reproducible under a seed, and a run resumed
+`max_bad_steps` in a row the run stops with status "diverged". Ctrl-C or SIGTERM stops
+the run at the next iteration boundary with status "interrupted", after writing a
+checkpoint (a second signal aborts at once). When another process of a data-parallel
+run dies, rank 0 writes the checkpoint of the last iteration boundary and the run ends
+with agents.distributed.PeerFailure, saying how to resume. Runs are reproducible under a seed, and a run resumed
 from its checkpoint ends with parameters bitwise equal to an uninterrupted run's.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from agents.config import TrainConfig
 from agents.evaluation import heldout_states, metrics, rollout
 from agents.logging import NullLogger, RunLogger
 from agents.progress import Progress, StopOnInterrupt
-from agents.runs import BOOKKEEPING, TrainResult, interrupted_line, report
+from agents.runs import BOOKKEEPING, TrainResult, interrupted_by, interrupted_line, report
 
 
 class Trainer:
@@ -69,28 +71,51 @@ class Trainer:
     def run(self) -> TrainResult:
         c, cfg = self.counters, self.config
         progress = Progress(cfg.iters, c.step, cfg.quiet or not self.group.is_main, cfg.log_every)
-        status, message = None, ""
+        status, message, stop_signal, boundary = None, "", None, None
         try:
             with StopOnInterrupt() as interrupt:
                 if c.step == 0 and c.last_eval_step < 0:
                     self.evaluate()
                 while True:
+                    boundary = self.random_states()     # what a checkpoint written now would hold
                     if status is None:
                         status, message = self.budget_spent()
                     if status is None and interrupt.requested:
-                        status, message = "interrupted", f"interrupted at iteration {c.step}"
+                        stop_signal = interrupt.signum
+                        status, message = "interrupted", f"{interrupted_by(stop_signal)} at iteration {c.step}"
                     status, message = self.group.agree(status, message, interrupt.requested)
                     if status is not None:
                         break
                     scalars = self.iteration()
                     progress.update(c.step, scalars["cost/train"], c.oracle["total_evals"], self.wall_time())
                     status, message = self.after_iteration(scalars)
+        except distributed.PeerFailure as err:   # another process died: save where this one stands
+            raise self.stop_for_peer(err, boundary) from err
         except BaseException:   # a second Ctrl-C or a bug: keep the logs; the last checkpoint stands
             self.logger.close()
             raise
         finally:
             progress.close()
-        return self.finish(status, message)
+        return self.finish(status, message, stop_signal)
+
+    def random_states(self):
+        """(batch generator, torch global) RNG states: a few KB, read once per iteration."""
+        return self.generator.get_state(), torch.get_rng_state()
+
+    def stop_for_peer(self, err, boundary) -> distributed.PeerFailure:
+        """After another process of a data-parallel run died: rank 0 saves a checkpoint of
+        the last iteration boundary (a collective fails before the optimiser step, so only
+        the RNGs moved since: they are put back) and the error says how to resume."""
+        c = self.counters
+        resume = ""
+        if self.group.is_main and boundary is not None:
+            self.generator.set_state(boundary[0])
+            torch.set_rng_state(boundary[1])
+            self.save()
+            resume = (f"; the run stopped at iteration {c.step} with its checkpoint in {self.run_dir}; "
+                      f"resume with: ctpg train --logdir {self.run_dir} --resume --nproc {self.group.world_size}")
+        self.logger.close()
+        return distributed.PeerFailure(f"{err}{resume}")
 
     def budget_spent(self):
         """(status, message) when an iteration, oracle or wall-clock budget is spent."""
@@ -255,7 +280,7 @@ class Trainer:
     def wall_time(self) -> float:
         return self._wall_before + time.perf_counter() - self._session_start
 
-    def finish(self, status: str, message: str) -> TrainResult:
+    def finish(self, status: str, message: str, stop_signal: int | None = None) -> TrainResult:
         """Final evaluation, its figure and the HParams summary (not when interrupted:
         Ctrl-C only saves), then the checkpoint and the report."""
         c = self.counters
@@ -272,7 +297,7 @@ class Trainer:
         self.history = self.group.share(lambda: self.history)   # rank 0 evaluated
         result = TrainResult(self.policy, self.config, self.run_dir, status, message, c.step,
                              self.history, self.iterations, c.oracle["total_evals"],
-                             self.wall_time(), c.skipped)
+                             self.wall_time(), c.skipped, stop_signal)
         if not self.group.is_main:
             pass
         elif status == "interrupted":

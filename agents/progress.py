@@ -50,29 +50,33 @@ def _is_terminal(stream) -> bool:
 
 
 class StopOnInterrupt:
-    """Context manager: the first Ctrl-C (SIGINT) sets `requested` instead of raising,
-    so the trainer can stop at the next iteration boundary and save a checkpoint; a
-    second Ctrl-C raises KeyboardInterrupt at once, as usual. The previous handler is
-    restored on exit. Outside the main thread (where Python allows no signal handlers)
-    it does nothing and Ctrl-C behaves as usual.
+    """Context manager: the first Ctrl-C (SIGINT) or SIGTERM (what `kill`, `timeout` and
+    cluster schedulers send) sets `requested` (and `signum`) instead of ending the
+    process, so the trainer can stop at the next iteration boundary and save a
+    checkpoint; a second one raises KeyboardInterrupt at once. The previous handlers
+    are restored on exit. Outside the main thread (where Python allows no signal
+    handlers) it does nothing and both signals behave as usual.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
         return False

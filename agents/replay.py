@@ -115,26 +115,35 @@ def gym_episodes(config: TrainConfig, policy, env_kwargs: dict, episodes: int, s
     return EpisodeReport(env_id, returns, env.unwrapped.dt, frames, env.metadata["render_fps"])
 
 
-def write_video(path, frames: list, fps: int) -> Path:
-    """Write rgb frames to an .mp4 (needs imageio-ffmpeg) or .gif (imageio's pillow
-    plugin) file; raises a RuntimeError naming the extra to install when imageio is
-    missing, ValueError for another suffix."""
+def check_video_writer(path) -> Path:
+    """The video path, after checking that it can be written: a .mp4 (needs imageio and
+    imageio-ffmpeg) or .gif (imageio's pillow plugin). Raises ValueError for another
+    suffix, RuntimeError naming the extra to install when a package is missing. Cheap:
+    call it before the work whose frames it will write."""
     path = Path(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"the video file must end in .mp4 or .gif, got {path.name!r}")
     try:
-        import imageio.v3 as iio
+        import imageio.v3  # noqa: F401
     except ImportError:
         raise RuntimeError("writing a video needs imageio: pip install -e '.[video]'") from None
+    if path.suffix.lower() == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise RuntimeError("an .mp4 needs imageio-ffmpeg: pip install -e '.[video]', "
+                               "or write a .gif instead") from None
+    return path
+
+
+def write_video(path, frames: list, fps: int) -> Path:
+    """Write rgb frames to an .mp4 or .gif file (check_video_writer says what it needs)."""
+    path = check_video_writer(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".gif":
+        import imageio.v3 as iio
         iio.imwrite(path, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
         return path
-    try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        raise RuntimeError("an .mp4 needs imageio-ffmpeg: pip install -e '.[video]', "
-                           "or write a .gif instead") from None
     import imageio.v2 as imageio2
     imageio2.mimsave(path, frames, fps=fps, format="FFMPEG")
     return path
@@ -146,6 +155,8 @@ def evaluate_run(run_dir, episodes: int = 5, video=None, seed: int = 0, system=N
     {"step", "env", "metrics", "gym": {"env_id", "returns", "mean_return"}, "video"}."""
     if video is not None and Path(video).suffix.lower() not in VIDEO_SUFFIXES:
         raise ConfigError(f"--video must end in .mp4 or .gif, got {video!r}")
+    if video is not None:
+        check_video_writer(video)          # a missing package fails before the evaluation runs
     config, system, policy = load_run(run_dir, system)
     payload = ckpt.load_checkpoint(run_dir)
     horizon = config.horizon or system.horizon

@@ -26,7 +26,7 @@ RESUMABLE = frozenset({"iters", "max_oracle_evals", "max_wall_time", "max_bad_st
 class TrainResult:
     """What a run produced. `status` is one of completed (all iterations), budget
     (oracle or wall-clock budget spent), stopped (progress_fn returned False),
-    interrupted (Ctrl-C; checkpoint saved) or diverged (too many non-finite steps in a
+    interrupted (Ctrl-C or SIGTERM; checkpoint saved) or diverged (too many non-finite steps in a
     row); `message` says which in words."""
 
     policy: torch.nn.Module
@@ -40,6 +40,7 @@ class TrainResult:
     oracle_total: int = 0
     wall_time: float = 0.0
     skipped_steps: int = 0
+    stop_signal: int | None = None                   # SIGINT or SIGTERM for an interrupted run
 
     @property
     def final_eval(self) -> dict:
@@ -59,12 +60,18 @@ def report(result: TrainResult) -> None:
           file=sys.stderr)
 
 
+def interrupted_by(signum: int | None) -> str:
+    """"interrupted", naming the signal unless it was Ctrl-C's SIGINT."""
+    import signal
+    return "interrupted" if signum in (None, signal.SIGINT) else f"interrupted by {signal.Signals(signum).name}"
+
+
 def interrupted_line(result: TrainResult, nproc: int = 1) -> str:
     """One line: where an interrupted run stopped and the exact command that resumes it
     (with --nproc for a data-parallel run)."""
     import shlex
     procs = f" --nproc {nproc}" if nproc > 1 else ""
-    return (f"[ctpg] interrupted at iteration {result.step} of {result.config.iters}; checkpoint saved "
+    return (f"[ctpg] {interrupted_by(result.stop_signal)} at iteration {result.step} of {result.config.iters}; checkpoint saved "
             f"in {result.run_dir}; resume with: ctpg train --logdir {shlex.quote(str(result.run_dir))} "
             f"--resume{procs}")
 
