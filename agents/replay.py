@@ -55,9 +55,16 @@ def load_policy(run_dir, system=None, device: str = "cpu") -> torch.nn.Module:
     return load_run(run_dir, system, device)[2]
 
 
-def act(policy, observation: np.ndarray, system) -> np.ndarray:
-    """The policy's action [k] for one gymnasium observation [d] (any float dtype)."""
-    x = torch.as_tensor(np.asarray(observation), dtype=system.dtype, device=system.device)[None]
+def act(policy, observation: np.ndarray, system=None) -> np.ndarray:
+    """The policy's action [k] for one gymnasium observation [d] (any float dtype), the
+    observation converted to the system's dtype and device, or without `system` to those
+    of the policy's parameters (float64 on the CPU for a policy without any)."""
+    if system is not None:
+        dtype, device = system.dtype, system.device
+    else:
+        first = next((p for p in getattr(policy, "parameters", lambda: [])() if p.is_floating_point()), None)
+        dtype, device = (torch.float64, "cpu") if first is None else (first.dtype, first.device)
+    x = torch.as_tensor(np.asarray(observation), dtype=dtype, device=device)[None]
     with torch.no_grad():
         return policy(x)[0].cpu().numpy()
 

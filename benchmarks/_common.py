@@ -222,6 +222,13 @@ def plot(result, path, costs, targets: dict):
 
 
 def print_summary(result):
+    print("Columns: the median over the initial states of each setting (BPTT: step dt; CTPG, Backsolve: "
+          "rtol = atol).\n  param err / full err: relative error of dL/dtheta / of [dL/dx0, dL/dtheta] against "
+          "the reference;\n  oracle: f, vjp and Jacobian evaluations per sample (both passes); weighted: the "
+          "same with each Jacobian counted at its cost\n  (1 where analytic, d reverse passes otherwise); sim: "
+          "simulator calls (MuJoCo, finite differences included);\n  seconds: wall-clock on one thread; floats: "
+          "floats stored between the passes; ok: initial states whose solve\n  succeeded (the median is over "
+          "these; failures are listed below).")
     print(f"{'estimator':18s} {'setting':>9s} {'param err':>10s} {'full err':>10s} {'oracle':>9s} {'weighted':>9s} "
           f"{'sim':>8s} {'seconds':>8s} {'floats':>9s} {'ok':>3s}")
     for label, curve in result["curves"].items():
@@ -234,9 +241,17 @@ def print_summary(result):
     table = result.get("solver_floors", {})
     print(f"solver ratios at {table.get('target')} ({table.get('error')}): " + ", ".join(
         f"{k} {v:.3g}" for k, v in table.items() if isinstance(v, float)))
+    print("Floors, at the target error: bptt_over_ctpg_<cost> = BPTT-Euler's cost over the best CTPG "
+          "solver's (> 1: CTPG cheaper; n/a: one of them never reaches the target, *_at_least then bounds "
+          "it by BPTT's dearest try); ctpg_below_<Backsolve>_<cost>: CTPG at most as dear at every level "
+          "1e-2..1e-6 it reaches.")
     for name, table in result["floors"].items():
         print(f"floors on {name}" + ("  (primary)" if name == result["primary_error"] else ""))
         for key, value in table.items():
-            if not key.endswith("_is_lower_bound"):
+            if key.endswith("_is_lower_bound"):
+                continue
+            if value is None:
+                print(f"  {key}: n/a (not reached at the target)")
+            else:
                 bound = ">= " if table.get(f"{key}_is_lower_bound") else ""
                 print(f"  {key}: {bound}{value:.3g}" if isinstance(value, float) else f"  {key}: {value}")

@@ -249,3 +249,33 @@ def test_realistic_quadrotor_defaults_run(tmp_path):
                           eval_batch=4, eval_every=0, quiet=True)
     assert result.status == "completed" and result.skipped_steps == 0
     assert math.isfinite(result.final_eval["final_position_error"])
+
+
+def test_act_takes_a_gym_observation_without_the_system(tmp_path):
+    import gymnasium
+    import numpy as np
+
+    import envs  # noqa: F401  (registers the gymnasium ids)
+    from agents.replay import act
+    result = tiny(tmp_path, iters=1)
+    policy = agents.load_policy(result.run_dir)
+    env = gymnasium.make("ctpg/LQR-v0")
+    obs, _ = env.reset(seed=0)
+    u = act(policy, obs)
+    assert isinstance(u, np.ndarray) and u.shape == env.action_space.shape
+    expected = policy(torch.as_tensor(obs, dtype=torch.float64)[None])[0].detach().numpy()
+    assert np.array_equal(u, expected)
+    assert np.array_equal(u, act(policy, obs, envs.make("lqr")))
+    env.step(u)                                               # an action the environment takes
+
+
+def test_every_solver_method_is_a_command_line_choice(capsys):
+    from agents.config import METHODS
+    from ctpg.solvers.methods import method_names
+    assert set(method_names()) <= set(METHODS)
+    for method in METHODS:                                    # and each is one the estimators accept
+        ctpg.CTPG(method=method)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--method", "nope"])
+    err = capsys.readouterr().err
+    assert "heun" in err and "dop853" in err
