@@ -223,7 +223,7 @@ def test_a_two_process_run_leaves_no_gloo_thread_behind(tmp_path):
 
 @pytest.mark.slow
 def test_the_two_process_command_line_exits_0_every_time(tmp_path):
-    """Before the fix: exit 1 (rank 1 aborted at exit) in 3 of 27 and 2 of 22 runs."""
+    """Before the fix: exit 1 (rank 1 aborted at exit) in 3 of 27 runs (the report) and 2 of 30 here."""
     codes = []
     for i in range(20):
         done = subprocess.run([sys.executable, "-m", "ctpg", "train", "--nproc", "2", "--env", "lqr", "--iters", "3",
