@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 
 import torch
 
@@ -13,6 +14,7 @@ from ctpg.ode.memory import graph_saved_floats
 from ctpg.ode.passes import Backsolve, Interpolating, Run, run_forward
 from ctpg.ode.settings import settings
 from ctpg.solvers import is_stiff_method
+from ctpg.solvers.integrate import unreachable_tolerance
 
 MODES = ("interpolating", "backsolve", "direct")
 
@@ -61,8 +63,8 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     jump_t. The error norm is the RMS over every component (as torchdiffeq's; for a
     tuple state torchdiffeq takes the largest part's RMS instead).
 
-    Gradients reach y0, t (not in "direct" mode) and the parameters of func (an
-    nn.Module) or `adjoint_params`. `adjoint` chooses how:
+    Gradients reach y0, t and the parameters of func (an nn.Module) or
+    `adjoint_params`. `adjoint` chooses how:
 
     - "interpolating" (default): the forward solve keeps its dense output, O(steps x M)
       floats; the adjoint is solved backwards with adjoint_method / adjoint_rtol /
@@ -75,6 +77,10 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
       Explicit methods only.
     - "direct": autograd through every solver step (torchdiffeq's odeint): exact
       gradient of the discrete solution; memory O(steps x stages x func's activations).
+      Gradients in t follow the adjoint modes' formulas, dL/dt_i = g_i . func(t_i, y_i)
+      and dL/dt_0 = -a(t_0+) . func(t_0, y_0) with a from autograd (see _direct):
+      the derivative of the exact solution, which the discrete one matches to the
+      solver's accuracy (a fixed grid: to O(h^order)).
 
     adjoint_options: step_size, first_step, max_num_steps, step_t, jump_t and
     norm="seminorm" (the parameter gradient left out of the step control; Kidger, Chen
@@ -92,6 +98,7 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     adj = _adjoint_settings(fwd, method, rtol, atol, options, adjoint_method, adjoint_rtol, adjoint_atol,
                             adjoint_options, packing)
     y0row = packing.pack(y0)
+    _check_values(y0row, fwd, adj, adjoint_wanted=_needs_grad(y0row, grid.t))
     params = _params(func, adjoint_params, adjoint, needs_grad=_needs_grad(y0row, grid.t))
     _check_mode(adjoint, adj, grid)
     info = OdeintInfo(adjoint, fwd.method)
@@ -155,9 +162,21 @@ def _check_mode(adjoint: str, adj, grid) -> None:
         raise ValueError(f"odeint: adjoint='backsolve' needs an explicit adjoint_method, not {adj.method!r} "
                          "(its Jacobian would need second derivatives of func); use adjoint='interpolating' "
                          "for stiff problems")
-    if adjoint == "direct" and grid.t.requires_grad and torch.is_grad_enabled():
-        raise ValueError("odeint: adjoint='direct' gives no gradients with respect to t; use "
-                         "adjoint='interpolating' (or 'backsolve'), or pass t.detach()")
+
+
+def _check_values(y0row: torch.Tensor, fwd, adj, adjoint_wanted: bool) -> None:
+    """Refuse a y0 with NaN/Inf (the solver would blame func); warn once when a pass's
+    tolerances ask for more than the dtype carries (the solves themselves do not warn)."""
+    if not bool(torch.isfinite(y0row).all()):
+        bad = (~torch.isfinite(y0row[0])).nonzero()[:, 0].tolist()
+        raise ValueError(f"odeint: y0 contains NaN or Inf (at flat indices {bad[:8]}{' ...' if len(bad) > 8 else ''}"
+                         "); the solve needs a finite initial state")
+    for cfg in (fwd, adj) if adjoint_wanted else (fwd,):
+        if cfg.dt is None:
+            message = unreachable_tolerance(cfg.rtol, cfg.atol, y0row)
+            if message is not None:
+                warnings.warn(f"odeint: {message}", stacklevel=3)
+                return
 
 
 def _tolerance(value, packing: Packing, name: str):
@@ -174,6 +193,27 @@ def _tolerance(value, packing: Packing, name: str):
                              f"got shape {tuple(value.shape)}")
         return value.detach().reshape(-1).to(dtype=packing.dtype, device=packing.device)
     return float(value) if torch.is_tensor(value) else value
+
+
+def _offsets(run: Run, dtype) -> torch.Tensor:
+    """d_i = t_i - t_i.detach() [len(t)] in s (sign * t): value 0, gradient sign in t_i."""
+    t = run.grid.t
+    return (run.grid.sign * (t - t.detach())).to(dtype=dtype, device=run.field.packing.device)
+
+
+def _shift_start(run: Run, y0row: torch.Tensor) -> torch.Tensor:
+    """y0 - F(s_0, y0) d_0: the same value, and the gradient dy(s)/ds_0 = -Phi(s, s_0) F(s_0, y0)
+    of a solve that starts later (one evaluation of func with its graph)."""
+    return y0row - run.field(run.grid.s[0], y0row) * _offsets(run, y0row.dtype)[0]
+
+
+def _move_outputs(run: Run, y0row: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """outputs_i + F(s_i, y_i) d_i for i >= 1 (dy(s_i)/ds_i = F), outputs_0 = y0 itself (one
+    evaluation of func per later output time)."""
+    d = _offsets(run, outputs.dtype)
+    rows = [y0row[0]] + [outputs[i] + run.field(s, outputs[i:i + 1])[0] * d[i]
+                         for i, s in enumerate(run.grid.s) if i > 0]
+    return torch.stack(rows)
 
 
 class _BackwardClock(torch.autograd.Function):
@@ -205,7 +245,11 @@ def _tick(run: Run) -> None:
 def _direct(run: Run, y0row: torch.Tensor, count_floats: bool) -> torch.Tensor:
     """Autograd through the solve; with `count_floats`, the floats its graph saved are
     counted (graph_saved_floats: one visit per node, no hooks, so func may use torch.func)."""
-    outputs, _ = run_forward(run, y0row, keep_path=False)
+    timed = run.grid.t.requires_grad and torch.is_grad_enabled()
+    start = _shift_start(run, y0row) if timed else y0row
+    outputs, _ = run_forward(run, start, keep_path=False)
+    if timed:
+        outputs = _move_outputs(run, y0row, outputs)
     if not outputs.requires_grad:
         return outputs
     if count_floats:

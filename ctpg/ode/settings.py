@@ -45,8 +45,9 @@ class SolveSettings:
         dt = self.dt
         if self.fixed_grid and dt is None:
             dt = max(b - a for a, b in zip(grid.s, grid.s[1:]))
+        # odeint checks the tolerances once per call (ctpg.ode.odeint._check_values), not per solve
         return dict(method=self.method, rtol=self.rtol, atol=self.atol, dt=dt, first_step=self.first_step,
-                    max_steps=self.max_steps, tstops=sorted(set(stops)))
+                    max_steps=self.max_steps, tstops=sorted(set(stops)), check_tolerance=False)
 
 
 def solver_name(method: str | None) -> tuple[str, bool]:
