@@ -280,7 +280,7 @@ def test_shapes_single_time_float32_and_no_grad():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(adjoint="bptt"), "adjoint must be one of"),
-    (dict(method="dopri8"), "dop853"),
+    (dict(method="heun3"), "bosh3"),
     (dict(method="nope"), "unknown method"),
     (dict(options=dict(safety=0.8)), "not supported"),
     (dict(options=dict(norm="seminorm")), "seminorm"),

@@ -16,8 +16,7 @@ ALIASES = {"adaptive_heun": "heun", "heun2": "heun"}
 # torchdiffeq's fixed-grid solvers: fixed steps even where the ctpg method could adapt
 FIXED_GRID = {"euler", "midpoint", "rk4", "heun2"}
 # torchdiffeq names with no ctpg counterpart, and what to use instead
-INSTEAD = {"dopri8": "dop853 (Dormand-Prince 8(5,3), a different 8th-order pair)",
-           "fehlberg2": "heun or bosh3", "heun3": "bosh3 or rk4 with options=dict(step_size=...)",
+INSTEAD = {"heun3": "bosh3 or rk4 with options=dict(step_size=...)",
            "explicit_adams": "dopri5 or tsit5", "implicit_adams": "rodas5p or auto (stiff problems)",
            "fixed_adams": "rodas5p or auto (stiff problems)", "scipy_solver": "dopri5, dop853 or rodas5p"}
 OPTION_KEYS = ("step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm")
