@@ -52,7 +52,8 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
            adjoint: str = "interpolating", adjoint_params=None, adjoint_rtol=None, adjoint_atol=None,
            adjoint_method=None, adjoint_options=None, return_info: bool = False):
     """Solve dy/dt = func(t, y), y(t[0]) = y0, and return y at every time of t, stacked
-    along a new leading axis ([len(t), *y0.shape], or a tuple of such for a tuple y0).
+    along a new leading axis ([len(t), *y0.shape], or a tuple of such for a tuple y0;
+    y0 may be 0-dim).
 
     torchdiffeq's calling convention: `from ctpg import odeint` replaces
     `from torchdiffeq import odeint_adjoint as odeint` (or plain odeint). func(t, y) gets
@@ -85,10 +86,17 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     adjoint_options: step_size, first_step, max_num_steps, step_t, jump_t and
     norm="seminorm" (the parameter gradient left out of the step control; Kidger, Chen
     & Lyons 2021); default: options without first_step. return_info=True returns
-    (solution, OdeintInfo). event_fn is not supported.
+    (solution, OdeintInfo).
+
+    event_fn(t, y) (torchdiffeq's event mode; ctpg.odeint_event is the front end to
+    use): t must hold two times, t0 and t0 +- 1 (the direction); the solve runs
+    from t0 with no end until an element of event_fn changes sign, located on the
+    dense output to atol in time (ctpg.solvers.events), and returns (event_t,
+    solution) with solution the states at [t0, event_t]. As in torchdiffeq the
+    gradient of solution treats event_t as a fixed end time and event_t carries none;
+    odeint_event adds the implicit function theorem's. Fixed-step methods need
+    options=dict(step_size=...).
     """
-    if event_fn is not None:
-        raise NotImplementedError("odeint: event_fn is not supported by ctpg.odeint; use torchdiffeq.odeint_event")
     if adjoint not in MODES:
         raise ValueError(f"odeint: adjoint must be one of {', '.join(map(repr, MODES))}, got {adjoint!r}")
     if not callable(func):
@@ -104,13 +112,36 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     info = OdeintInfo(adjoint, fwd.method)
     run = Run(VectorField(func, packing, grid.sign, detach_outputs=adjoint != "direct"), grid, fwd, adj,
               params, info)
+    if event_fn is not None:
+        _check_event(event_fn, grid, fwd)
+        run.event_fn, run.event_tol = event_fn, _event_tolerance(atol)
     outputs = _solve(run, y0row, adjoint, return_info)
-    solution = packing.unpack(outputs, lead=(len(grid),))
+    solution = packing.unpack(outputs, lead=(len(outputs),))
+    if event_fn is not None:
+        event_t = torch.tensor(run.event_time, dtype=grid.t.dtype, device=grid.t.device)
+        solution = (event_t, solution)
     return (solution, info) if return_info else solution
 
 
+def _check_event(event_fn, grid, fwd) -> None:
+    if not callable(event_fn):
+        raise TypeError(f"odeint: event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
+    if len(grid) != 2:
+        raise ValueError(f"odeint: with event_fn, t must hold 2 times (t0 and t0 +- 1, as odeint_event builds it: "
+                         f"the sign gives the direction, the distance the first search span), got {len(grid)}")
+    if fwd.fixed_grid and fwd.dt is None:
+        raise ValueError(f"odeint: event handling with the fixed-step method {fwd.method!r} needs "
+                         "options=dict(step_size=...) (as torchdiffeq's)")
+
+
+def _event_tolerance(atol) -> float:
+    """The event's time tolerance: atol (its smallest entry), as torchdiffeq locates events."""
+    value = float(torch.as_tensor(atol).min()) if torch.is_tensor(atol) or isinstance(atol, tuple) else float(atol)
+    return value if value > 0 else 1e-12
+
+
 def _solve(run: Run, y0row: torch.Tensor, adjoint: str, return_info: bool) -> torch.Tensor:
-    if len(run.grid) == 1:
+    if len(run.grid) == 1 and run.event_fn is None:
         return y0row
     if adjoint == "direct":
         return _direct(run, y0row, count_floats=return_info)
@@ -248,8 +279,10 @@ def _direct(run: Run, y0row: torch.Tensor, count_floats: bool) -> torch.Tensor:
     timed = run.grid.t.requires_grad and torch.is_grad_enabled()
     start = _shift_start(run, y0row) if timed else y0row
     outputs, _ = run_forward(run, start, keep_path=False)
-    if timed:
+    if timed and run.event_fn is None:      # an event's end time is not an output time
         outputs = _move_outputs(run, y0row, outputs)
+    elif timed:
+        outputs = torch.cat([y0row, outputs[1:]])
     if not outputs.requires_grad:
         return outputs
     if count_floats:
