@@ -140,3 +140,35 @@ def test_dopri8_takes_fewer_steps_than_dopri5_at_tight_tolerances():
     f, y0, exact = _linear_problem()
     counts = {m: solve(f, y0, 0.0, 2.0, method=m, rtol=1e-12, atol=1e-12).steps_accepted for m in ("dopri5", "dopri8")}
     assert counts["dopri8"] < counts["dopri5"] / 3
+
+
+def test_adams_coefficients_are_the_classical_ones():
+    from fractions import Fraction as Fr
+
+    from ctpg.solvers.adams import adams_coefficients
+    assert adams_coefficients([0, -1, -2, -3]) == tuple(Fr(v, 24) for v in (55, -59, 37, -9))
+    assert adams_coefficients([1, 0, -1, -2]) == tuple(Fr(v, 24) for v in (9, 19, -5, 1))
+
+
+@pytest.mark.parametrize("name", ["explicit_adams", "implicit_adams"])
+def test_adams_convergence_order_is_four(name):
+    assert abs(fitted_order(name, (40, 80, 160, 320)) - 4) < 0.3
+
+
+@pytest.mark.parametrize("name", ["explicit_adams", "implicit_adams", "fixed_adams"])
+@pytest.mark.parametrize("mode", ["interpolating", "backsolve", "direct"])
+def test_adams_through_odeint_in_every_gradient_mode(name, mode):
+    """y' = A y with A a parameter: values and gradients in A and y0 against the matrix
+    exponential, fixed steps of 0.005 (errors O(h^4))."""
+    A = torch.tensor([[-0.3, 2.0], [-2.0, -0.3]], dtype=F64)
+    A_ = A.clone().requires_grad_(True)
+    y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    ys = ctpg.odeint(lambda t, y: A_ @ y, y0, t, method=name, options=dict(step_size=0.005), adjoint=mode,
+                     adjoint_params=(A_,))
+    got = torch.autograd.grad(ys.sum(), [A_, y0])
+    exact = torch.stack([torch.linalg.matrix_exp(A_ * ti) @ y0 for ti in t])
+    want = torch.autograd.grad(exact.sum(), [A_, y0])
+    torch.testing.assert_close(ys.detach(), exact.detach(), rtol=1e-6, atol=1e-7)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -12,13 +12,12 @@ from ctpg.solvers import method_names
 from ctpg.solvers.tableaus import TABLEAUS
 
 # torchdiffeq name -> ctpg name (same method)
-ALIASES = {"adaptive_heun": "heun", "heun2": "heun"}
+ALIASES = {"adaptive_heun": "heun", "heun2": "heun", "fixed_adams": "implicit_adams"}
 # torchdiffeq's fixed-grid solvers: fixed steps even where the ctpg method could adapt
-FIXED_GRID = {"euler", "midpoint", "rk4", "heun2"}
+FIXED_GRID = {"euler", "midpoint", "rk4", "heun2", "explicit_adams", "implicit_adams", "fixed_adams"}
 # torchdiffeq names with no ctpg counterpart, and what to use instead
 INSTEAD = {"heun3": "bosh3 or rk4 with options=dict(step_size=...)",
-           "explicit_adams": "dopri5 or tsit5", "implicit_adams": "rodas5p or auto (stiff problems)",
-           "fixed_adams": "rodas5p or auto (stiff problems)", "scipy_solver": "dopri5, dop853 or rodas5p"}
+           "scipy_solver": "dopri5, dop853 or rodas5p"}
 OPTION_KEYS = ("step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm")
 
 
@@ -59,7 +58,7 @@ def solver_name(method: str | None) -> tuple[str, bool]:
     if name not in method_names() and not name.startswith("auto:"):
         raise ValueError(f"odeint: unknown method {method!r}; choose one of {', '.join(method_names())} "
                          f"(torchdiffeq's names {', '.join(sorted(ALIASES))} are accepted too)")
-    fixed = method in FIXED_GRID or (name in TABLEAUS and TABLEAUS[name].err is None)
+    fixed = method in FIXED_GRID or name in FIXED_GRID or (name in TABLEAUS and TABLEAUS[name].err is None)
     return name, fixed
 
 
