@@ -108,7 +108,9 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     y0row = packing.pack(y0)
     _check_values(y0row, fwd, adj, adjoint_wanted=_needs_grad(y0row, grid.t))
     params = _params(func, adjoint_params, adjoint, needs_grad=_needs_grad(y0row, grid.t))
-    _check_mode(adjoint, adj, grid)
+    module_grad = isinstance(func, torch.nn.Module) and any(p.requires_grad for p in func.parameters())
+    _check_mode(adjoint, adj, grid, fwd, needs_grad=_needs_grad(y0row, grid.t, params) or
+                (adjoint == "direct" and module_grad and torch.is_grad_enabled()))
     info = OdeintInfo(adjoint, fwd.method)
     run = Run(VectorField(func, packing, grid.sign, detach_outputs=adjoint != "direct"), grid, fwd, adj,
               params, info)
@@ -124,6 +126,9 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
 
 
 def _check_event(event_fn, grid, fwd) -> None:
+    if fwd.scipy is not None:
+        raise ValueError("odeint: event_fn with method='scipy_solver' is not supported; use a ctpg method "
+                         "(dopri5, dopri8, ...)")
     if not callable(event_fn):
         raise TypeError(f"odeint: event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
     if len(grid) != 2:
@@ -180,6 +185,8 @@ def _params(func, adjoint_params, adjoint: str, needs_grad: bool) -> list:
 
 def _adjoint_settings(fwd, method, rtol, atol, options, adjoint_method, adjoint_rtol, adjoint_atol,
                       adjoint_options, packing):
+    if fwd.scipy is not None and adjoint_method is None:     # scipy runs forward only: ctpg solves back
+        adjoint_method, options = "dopri5", {}
     if adjoint_options is None:
         adjoint_options = {k: v for k, v in (options or {}).items() if k not in ("norm", "first_step")}
     return settings(adjoint_method or method, _tolerance(rtol if adjoint_rtol is None else adjoint_rtol, packing,
@@ -188,7 +195,14 @@ def _adjoint_settings(fwd, method, rtol, atol, options, adjoint_method, adjoint_
                     adjoint_options, adjoint=True)
 
 
-def _check_mode(adjoint: str, adj, grid) -> None:
+def _check_mode(adjoint: str, adj, grid, fwd=None, needs_grad: bool = False) -> None:
+    if fwd is not None and fwd.scipy is not None and needs_grad and adjoint != "backsolve":
+        raise ValueError(f"odeint: method='scipy_solver' has no gradient in adjoint={adjoint!r} (scipy keeps no "
+                         "autograd graph and no dense output ctpg can read); use adjoint='backsolve' (the backward "
+                         "pass by ctpg's adjoint_method, dopri5 by default) or a ctpg method such as dopri5")
+    if adj.scipy is not None:
+        raise ValueError("odeint: adjoint_method='scipy_solver' is not supported; the backward pass needs a ctpg "
+                         "method (dopri5 by default)")
     if adjoint == "backsolve" and is_stiff_method(adj.method):
         raise ValueError(f"odeint: adjoint='backsolve' needs an explicit adjoint_method, not {adj.method!r} "
                          "(its Jacobian would need second derivatives of func); use adjoint='interpolating' "

@@ -23,7 +23,8 @@ from ctpg.adjoint import solve_adjoint, unflatten
 from ctpg.errors import NonFiniteError, SolverError
 from ctpg.estimators.base import PassStats
 from ctpg.ode.field import TimeGrid
-from ctpg.solvers import Linearisation, is_stiff_method, solve
+from ctpg.ode.scipy_solve import scipy_forward
+from ctpg.solvers import Linearisation, Solution, is_stiff_method, solve
 from ctpg.solvers.events import Watch, solve_until_event
 from ctpg.trajectory import Trajectory
 
@@ -49,6 +50,9 @@ def forward_pass(run: Run, y0row: torch.Tensor, keep_path: bool):
     """(outputs [len(t), M], Solution): one solve from s_0 to s_n; outputs at interior
     times from the dense output (kept when `keep_path` or when there are any)."""
     grid, cfg = run.grid, run.forward_settings
+    if cfg.scipy is not None:
+        outputs = scipy_forward(run.field, y0row, grid.s, cfg)
+        return outputs, Solution(outputs[-1:], 0, 0, 0, [grid.s[0], grid.s[-1]])
     kwargs = cfg.as_kwargs(grid)
     if is_stiff_method(cfg.method):
         kwargs["jacobian"] = run.field.jacobian

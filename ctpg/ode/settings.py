@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ctpg.ode import scipy_solve
 from ctpg.solvers import method_names
 from ctpg.solvers.tableaus import TABLEAUS
 
@@ -17,7 +18,7 @@ ALIASES = {"adaptive_heun": "heun", "heun2": "heun", "fixed_adams": "implicit_ad
 FIXED_GRID = {"euler", "midpoint", "rk4", "heun2", "explicit_adams", "implicit_adams", "fixed_adams"}
 # torchdiffeq names with no ctpg counterpart, and what to use instead
 INSTEAD = {"heun3": "bosh3 or rk4 with options=dict(step_size=...)",
-           "scipy_solver": "dopri5, dop853 or rodas5p"}
+           }
 OPTION_KEYS = ("step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm")
 
 
@@ -34,6 +35,7 @@ class SolveSettings:
     max_steps: int = 100_000
     tstops: tuple = ()                # in t, as the user gave them
     seminorm: bool = False
+    scipy: dict | None = None         # method="scipy_solver": solve_ivp keywords (ctpg.ode.scipy_solve)
 
     def as_kwargs(self, grid) -> dict:
         """solve() keywords in the grid's increasing time s. Fixed-grid methods land on
@@ -69,8 +71,12 @@ def settings(method, rtol, atol, options, *, adjoint: bool = False) -> SolveSett
     step_t and jump_t (times to land on: both become stops where the step restarts),
     and in adjoint_options norm="seminorm" (steps controlled by the adjoint alone)."""
     options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTION_KEYS))
     what = "adjoint_options" if adjoint else "options"
+    if method == scipy_solve.NAME:
+        _check_tolerance(rtol, "rtol")
+        _check_tolerance(atol, "atol")
+        return SolveSettings(method, rtol, atol, scipy=scipy_solve.scipy_options(options))
+    unknown = sorted(set(options) - set(OPTION_KEYS))
     if unknown:
         raise ValueError(f"odeint: {what} key(s) {unknown} are not supported; ctpg.odeint understands "
                          f"{', '.join(OPTION_KEYS[:-1])} and, in adjoint_options, norm='seminorm'")
