@@ -23,7 +23,7 @@ crossing) is bracketed by the step and its root found by the Illinois variant of
 regula falsi (Dahlquist & Bjorck, Numerical Methods, 1974, 6.2) until the bracket is
 at most `tol` wide in time. The time returned is the bracket's near end: |time - root|
 <= tol and every guard still has its starting sign there. Cost: one guard call per
-accepted step, plus one per Illinois iteration on a step with a crossing (typically
+accepted step (two on the first), plus one per Illinois iteration on a step with a crossing (typically
 5-10; at most `max_iter`, then the bracket is halved). Refuses per-sample steps and
 device-side step control (ValueError from solve).
 """
@@ -85,6 +85,7 @@ class Watch:
             raise ValueError(f"the event tolerance must be a positive time, got {tol}")
         self.guard, self.tol, self.max_iter = guard, float(tol), max_iter
         self.signs, self.start, self.calls = None, None, 0
+        self.end = None      # (time, combined value [N]) at the last checked step's end: the next start
 
     def values(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The guard [N, E] at per-sample times t [N], without a graph."""
@@ -104,11 +105,14 @@ class Watch:
         if self.signs is None:          # arm at start + tol (or the step's end if shorter)
             lo = lo + min(self.tol / abs(t_b - t_a), 1.0)
             self.signs = torch.sign(self._at(piece, t_a, t_b, lo))
-        roots = first_root(self, piece, t_a, t_b, lo)
+        cached = self.end[1] if self.end is not None and self.end[0] == t_a and not bool(lo.any()) else None
+        roots, c_end = first_root(self, piece, t_a, t_b, lo, cached)
+        self.end = (t_b, c_end)
         unarmed = self.signs == 0       # arm elements that were exactly 0, at this step's end
         if bool(unarmed.any()):
             end = torch.sign(self._at(piece, t_a, t_b, torch.ones_like(lo)))
             self.signs = torch.where(unarmed, end, self.signs)
+            self.end = None
         return roots if bool(roots.hit.any()) else None
 
     def _at(self, piece, t_a, t_b, theta):
@@ -121,18 +125,22 @@ class Watch:
         return signed.min(dim=1).values, signed
 
 
-def first_root(watch: Watch, piece: torch.Tensor, t_a: float, t_b: float, lo: torch.Tensor) -> Roots:
-    """Each sample's first root of watch's combined guard on theta in [lo, 1] (Illinois)."""
-    c_lo, _ = watch.combined(piece, t_a, t_b, lo)
+def first_root(watch: Watch, piece: torch.Tensor, t_a: float, t_b: float, lo: torch.Tensor, c_lo=None):
+    """(Roots, combined value at theta = 1 [N]): each sample's first root of watch's
+    combined guard on theta in [lo, 1] (Illinois); c_lo: the value at lo if known (the
+    previous step's end, which spares a guard call per step)."""
+    if c_lo is None:
+        c_lo, _ = watch.combined(piece, t_a, t_b, lo)
     hi = torch.ones_like(lo)
     c_hi, signed = watch.combined(piece, t_a, t_b, hi)
     hit = (c_hi <= 0) & (c_lo > 0)
     index = signed.argmin(dim=1)
+    c_end = c_hi
     if bool(hit.any()):
         lo, hi, index = _illinois(watch, piece, t_a, t_b, lo, hi, c_lo, c_hi, hit, index)
     time = torch.where(hit, t_a + lo * (t_b - t_a), torch.full_like(lo, t_b))
     theta = torch.where(hit, lo, torch.ones_like(lo))
-    return Roots(hit, time, index, evaluate_piece(piece, theta))
+    return Roots(hit, time, index, evaluate_piece(piece, theta)), c_end
 
 
 def _illinois(watch, piece, t_a, t_b, lo, hi, c_lo, c_hi, hit, index):
@@ -146,8 +154,11 @@ def _illinois(watch, piece, t_a, t_b, lo, hi, c_lo, c_hi, hit, index):
         if not bool(open_.any()):
             break
         theta = torch.where(c_hi < c_lo, hi - c_hi * (hi - lo) / (c_hi - c_lo), 0.5 * (lo + hi))
-        inner = (theta > lo + 0.01 * width) & (theta < hi - 0.01 * width)
-        theta = torch.where(inner & torch.isfinite(theta), theta, 0.5 * (lo + hi))
+        theta = torch.where(torch.isfinite(theta), theta, 0.5 * (lo + hi))
+        # at least half a tolerance inside the bracket: a root within tol of an end then
+        # closes the bracket on the next point instead of creeping towards it
+        margin = torch.minimum(torch.full_like(lo, 0.5 * width), 0.5 * (hi - lo))
+        theta = torch.minimum(torch.maximum(theta, lo + margin), hi - margin)
         c, signed = watch.combined(piece, t_a, t_b, theta)
         before = open_ & (c > 0)
         after = open_ & ~(c > 0)
