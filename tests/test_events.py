@@ -162,12 +162,30 @@ def test_reverse_time_scalar_state_and_grazing_error():
     y0 = torch.tensor(0.0, dtype=F64, requires_grad=True)
     t_event, sol = ctpg.odeint_event(lambda t, y: torch.ones_like(y), y0, torch.tensor(0.0, dtype=F64),
                                      event_fn=lambda t, y: y + 0.5, reverse_time=True, adjoint_params=(), **TIGHT)
-    assert float(t_event) == pytest.approx(-0.5, abs=1e-11) and sol.shape == (2,)
+    assert float(t_event.detach()) == pytest.approx(-0.5, abs=1e-11) and sol.shape == (2,)
     (g,) = torch.autograd.grad(t_event, y0)
     assert float(g) == pytest.approx(-1.0, abs=1e-9)
     with pytest.raises(ValueError, match="t=1 is grazing"):
         ctpg.odeint_event(lambda t, y: -y, torch.tensor([1.0], dtype=F64), torch.tensor(0.0, dtype=F64),
                           event_fn=lambda t, y: (t - 1.0) ** 3 + 0 * y.sum(), adjoint_params=(), **TIGHT)
+
+
+def test_odeint_event_takes_torchdiffeq_odeint_as_its_interface():
+    """odeint_interface=torchdiffeq.odeint: its event solve, our implicit-function-theorem
+    step, so the event function's own parameter gets a gradient there too."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    radius = torch.tensor(0.2, dtype=F64, requires_grad=True)
+    func = lambda t, y: torch.stack([y[1], -9.8 * torch.ones_like(y[1])])          # noqa: E731
+    y0 = torch.tensor([10.0, 0.5], dtype=F64, requires_grad=True)
+    grads = []
+    for interface in (torchdiffeq.odeint, ctpg.odeint):
+        extra = {} if interface is torchdiffeq.odeint else dict(adjoint_params=())
+        t_event, _ = ctpg.odeint_event(func, y0, torch.tensor(0.0, dtype=F64), event_fn=lambda t, y: y[0] - radius,
+                                       odeint_interface=interface, rtol=1e-11, atol=1e-12, **extra)
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(t_event, [y0, radius])]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-9)
+    v = math.sqrt(0.25 + 2 * 9.8 * 9.8)                # impact speed: dt*/dradius = -1 / v
+    assert float(grads[1][2]) == pytest.approx(-1 / v, rel=1e-8)
 
 
 def test_odeint_event_bad_arguments_say_how_to_fix_them():
