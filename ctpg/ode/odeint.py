@@ -58,10 +58,12 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     torchdiffeq's calling convention: `from ctpg import odeint` replaces
     `from torchdiffeq import odeint_adjoint as odeint` (or plain odeint). func(t, y) gets
     t as a 0-dim tensor and y shaped like y0; t may decrease. Methods: ctpg's (dopri5,
-    the default, tsit5, bosh3, heun, dop853, euler, midpoint, rk4, the stiff rodas5p,
-    rodas4, ros34pw2, rosenbrock23 and "auto") plus torchdiffeq's adaptive_heun and
-    heun2. options: step_size (fixed steps), first_step, max_num_steps, step_t,
-    jump_t. The error norm is the RMS over every component (as torchdiffeq's; for a
+    the default, tsit5, bosh3, heun, dop853, dopri8, fehlberg2, euler, midpoint, rk4,
+    explicit_adams, implicit_adams, the stiff rodas5p, rodas4, ros34pw2, rosenbrock23
+    and "auto"), torchdiffeq's adaptive_heun, heun2 and fixed_adams (aliases), and
+    scipy_solver (ctpg.ode.scipy_solve: forward by scipy, gradients by backsolve only).
+    options: step_size (fixed steps), first_step, max_num_steps, step_t, jump_t
+    (scipy_solver: solver, min_step, max_step, first_step). The error norm is the RMS over every component (as torchdiffeq's; for a
     tuple state torchdiffeq takes the largest part's RMS instead).
 
     Gradients reach y0, t and the parameters of func (an nn.Module) or

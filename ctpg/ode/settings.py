@@ -2,7 +2,9 @@
 
 torchdiffeq passes solver settings as `method` plus an `options` dict (and the adjoint
 ones as `adjoint_method` plus `adjoint_options`). This module maps the ones that have a
-ctpg counterpart and refuses the rest with a message that says what to use instead.
+ctpg counterpart and refuses the rest with a message that says what to use instead
+(heun3 alone now). method="scipy_solver" takes scipy's options instead
+(ctpg.ode.scipy_solve).
 """
 from __future__ import annotations
 

@@ -13,7 +13,11 @@ shared mesh cannot step one sample across another's event, so the step is split 
 earliest event in the batch; the other samples stop there too, their own roots are in
 `roots`). Signs are taken at t0 + tol (tol: the time tolerance), not at t0, so a solve
 restarted at the event it stopped at does not stop again at once; an element that is
-exactly 0 there is armed at the end of the first step where it is not. Two crossings of
+exactly 0 there is armed at the end of the first step where it is not. To continue
+after a reset (a hybrid system: x+ = r(x-) for `rows`, then solve on from `time`), start
+the next solve with a fresh Watch: it re-arms every element one tolerance after the
+restart; a Watch passed on unchanged keeps its signs (solve_until_event does, as
+nothing was reset). Two crossings of
 one element inside one step cancel and are missed (bound the step with dt or
 first_step if that can happen).
 
@@ -84,7 +88,7 @@ class Watch:
         if not (tol > 0 and math.isfinite(tol)):
             raise ValueError(f"the event tolerance must be a positive time, got {tol}")
         self.guard, self.tol, self.max_iter = guard, float(tol), max_iter
-        self.signs, self.start, self.calls = None, None, 0
+        self.signs, self.calls = None, 0
         self.end = None      # (time, combined value [N]) at the last checked step's end: the next start
 
     def values(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -100,8 +104,6 @@ class Watch:
         """Roots on the accepted step [t_a, t_b] (piece: its coefficients), None if none."""
         n = piece.shape[1]
         lo = torch.zeros(n, dtype=torch.float64, device=piece.device)
-        if self.start is None:
-            self.start = t_a
         if self.signs is None:          # arm at start + tol (or the step's end if shorter)
             lo = lo + min(self.tol / abs(t_b - t_a), 1.0)
             self.signs = torch.sign(self._at(piece, t_a, t_b, lo))
