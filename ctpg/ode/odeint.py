@@ -61,7 +61,8 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     the default, tsit5, bosh3, heun, dop853, dopri8, fehlberg2, euler, midpoint, rk4,
     explicit_adams, implicit_adams, the stiff rodas5p, rodas4, ros34pw2, rosenbrock23
     and "auto"), torchdiffeq's adaptive_heun, heun2 and fixed_adams (aliases), and
-    scipy_solver (ctpg.ode.scipy_solve: forward by scipy, gradients by backsolve only).
+    scipy_solver (ctpg.ode.scipy_solve: forward by scipy; the adjoint modes solve back with
+    ctpg's adjoint_method, dopri5 by default; direct mode refuses).
     options: step_size (fixed steps), first_step, max_num_steps, step_t, jump_t
     (scipy_solver: solver, min_step, max_step, first_step). The error norm is the RMS over every component (as torchdiffeq's; for a
     tuple state torchdiffeq takes the largest part's RMS instead).
@@ -198,10 +199,10 @@ def _adjoint_settings(fwd, method, rtol, atol, options, adjoint_method, adjoint_
 
 
 def _check_mode(adjoint: str, adj, grid, fwd=None, needs_grad: bool = False) -> None:
-    if fwd is not None and fwd.scipy is not None and needs_grad and adjoint != "backsolve":
-        raise ValueError(f"odeint: method='scipy_solver' has no gradient in adjoint={adjoint!r} (scipy keeps no "
-                         "autograd graph and no dense output ctpg can read); use adjoint='backsolve' (the backward "
-                         "pass by ctpg's adjoint_method, dopri5 by default) or a ctpg method such as dopri5")
+    if fwd is not None and fwd.scipy is not None and needs_grad and adjoint == "direct":
+        raise ValueError("odeint: method='scipy_solver' has no gradient in adjoint='direct' (scipy keeps no "
+                         "autograd graph); use adjoint='interpolating' or 'backsolve' (the backward pass by ctpg's "
+                         "adjoint_method, dopri5 by default) or a ctpg method such as dopri5")
     if adj.scipy is not None:
         raise ValueError("odeint: adjoint_method='scipy_solver' is not supported; the backward pass needs a ctpg "
                          "method (dopri5 by default)")

@@ -51,8 +51,8 @@ def forward_pass(run: Run, y0row: torch.Tensor, keep_path: bool):
     times from the dense output (kept when `keep_path` or when there are any)."""
     grid, cfg = run.grid, run.forward_settings
     if cfg.scipy is not None:
-        outputs = scipy_forward(run.field, y0row, grid.s, cfg)
-        return outputs, Solution(outputs[-1:], 0, 0, 0, [grid.s[0], grid.s[-1]])
+        outputs, path = scipy_forward(run.field, y0row, grid.s, cfg, dense=keep_path)
+        return outputs, Solution(outputs[-1:], 0, 0, 0, [grid.s[0], grid.s[-1]], trajectory=path)
     kwargs = cfg.as_kwargs(grid)
     if is_stiff_method(cfg.method):
         kwargs["jacobian"] = run.field.jacobian
@@ -181,13 +181,17 @@ class Interpolating(torch.autograd.Function):
         outputs, sol = run_forward(run, y0row.detach(), keep_path=True)
         run.info.stored_floats = sol.trajectory.stored_floats
         ctx.run, ctx.t, ctx.times, ctx.last_step = run, t.detach(), sol.times, sol.last_step
-        ctx.save_for_backward(sol.trajectory.coefs)
+        if isinstance(sol.trajectory, Trajectory):
+            ctx.save_for_backward(sol.trajectory.coefs)
+        else:                   # scipy_solver: scipy's own dense output (ScipyPath)
+            ctx.path = sol.trajectory
         return outputs
 
     @staticmethod
     def backward(ctx, grads):
-        run, (coefs,) = ctx.run, ctx.saved_tensors
-        path, needed = Trajectory(ctx.times, coefs), _needed(ctx, run.params)
+        run = ctx.run
+        path = getattr(ctx, "path", None) or Trajectory(ctx.times, ctx.saved_tensors[0])
+        needed = _needed(ctx, run.params)
         grads = grads.detach()
 
         def work():
