@@ -61,11 +61,12 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     the default, tsit5, bosh3, heun, dop853, dopri8, fehlberg2, euler, midpoint, rk4,
     explicit_adams, implicit_adams, the stiff rodas5p, rodas4, ros34pw2, rosenbrock23
     and "auto"), torchdiffeq's adaptive_heun, heun2 and fixed_adams (aliases), and
-    scipy_solver (ctpg.ode.scipy_solve: forward by scipy; the adjoint modes solve back with
-    ctpg's adjoint_method, dopri5 by default; direct mode refuses).
-    options: step_size (fixed steps), first_step, max_num_steps, step_t, jump_t
-    (scipy_solver: solver, min_step, max_step, first_step). The error norm is the RMS over every component (as torchdiffeq's; for a
-    tuple state torchdiffeq takes the largest part's RMS instead).
+    scipy_solver (ctpg.ode.scipy_solve: forward by scipy; the adjoint modes solve back
+    with ctpg's adjoint_method, dopri5 by default; in direct mode values only, a
+    backward pass raises). options: step_size (fixed steps), first_step,
+    max_num_steps, step_t, jump_t (scipy_solver: solver, min_step, max_step,
+    first_step). The error norm is the RMS over every component (as torchdiffeq's;
+    for a tuple state torchdiffeq takes the largest part's RMS instead).
 
     Gradients reach y0, t and the parameters of func (an nn.Module) or
     `adjoint_params`. `adjoint` chooses how:
@@ -111,9 +112,7 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     y0row = packing.pack(y0)
     _check_values(y0row, fwd, adj, adjoint_wanted=_needs_grad(y0row, grid.t))
     params = _params(func, adjoint_params, adjoint, needs_grad=_needs_grad(y0row, grid.t))
-    module_grad = isinstance(func, torch.nn.Module) and any(p.requires_grad for p in func.parameters())
-    _check_mode(adjoint, adj, grid, fwd, needs_grad=_needs_grad(y0row, grid.t, params) or
-                (adjoint == "direct" and module_grad and torch.is_grad_enabled()))
+    _check_mode(adjoint, adj, grid)
     info = OdeintInfo(adjoint, fwd.method)
     run = Run(VectorField(func, packing, grid.sign, detach_outputs=adjoint != "direct"), grid, fwd, adj,
               params, info)
@@ -151,6 +150,9 @@ def _event_tolerance(atol) -> float:
 def _solve(run: Run, y0row: torch.Tensor, adjoint: str, return_info: bool) -> torch.Tensor:
     if len(run.grid) == 1 and run.event_fn is None:
         return y0row
+    if adjoint == "direct" and run.forward_settings.scipy is not None:
+        return _refuse_gradient(run_forward(run, y0row.detach(), keep_path=False)[0], y0row, run.grid.t,
+                                run.field.func)
     if adjoint == "direct":
         return _direct(run, y0row, count_floats=return_info)
     if not _needs_grad(y0row, run.grid.t, run.params):
@@ -198,11 +200,7 @@ def _adjoint_settings(fwd, method, rtol, atol, options, adjoint_method, adjoint_
                     adjoint_options, adjoint=True)
 
 
-def _check_mode(adjoint: str, adj, grid, fwd=None, needs_grad: bool = False) -> None:
-    if fwd is not None and fwd.scipy is not None and needs_grad and adjoint == "direct":
-        raise ValueError("odeint: method='scipy_solver' has no gradient in adjoint='direct' (scipy keeps no "
-                         "autograd graph); use adjoint='interpolating' or 'backsolve' (the backward pass by ctpg's "
-                         "adjoint_method, dopri5 by default) or a ctpg method such as dopri5")
+def _check_mode(adjoint: str, adj, grid) -> None:
     if adj.scipy is not None:
         raise ValueError("odeint: adjoint_method='scipy_solver' is not supported; the backward pass needs a ctpg "
                          "method (dopri5 by default)")
@@ -262,6 +260,27 @@ def _move_outputs(run: Run, y0row: torch.Tensor, outputs: torch.Tensor) -> torch
     rows = [y0row[0]] + [outputs[i] + run.field(s, outputs[i:i + 1])[0] * d[i]
                          for i, s in enumerate(run.grid.s) if i > 0]
     return torch.stack(rows)
+
+
+class _NoGradient(torch.autograd.Function):
+    """Identity on scipy's outputs in direct mode: values as torchdiffeq's odeint gives
+    them, and a backward pass that says why there is no gradient (instead of none)."""
+
+    @staticmethod
+    def forward(ctx, outputs, *inputs):
+        return outputs.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("odeint: method='scipy_solver' has no gradient in adjoint='direct' (scipy keeps no "
+                           "autograd graph); use adjoint='interpolating' or 'backsolve' (the backward pass by ctpg's "
+                           "adjoint_method, dopri5 by default) or a ctpg method such as dopri5")
+
+
+def _refuse_gradient(outputs, y0row, t, func):
+    params = list(func.parameters()) if isinstance(func, torch.nn.Module) else []
+    inputs = [v for v in (y0row, t, *params) if v.requires_grad]
+    return _NoGradient.apply(outputs, *inputs) if inputs and torch.is_grad_enabled() else outputs
 
 
 class _BackwardClock(torch.autograd.Function):

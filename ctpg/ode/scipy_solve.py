@@ -5,8 +5,9 @@ Gradients: the adjoint modes have a meaning, their backward solve running on ctp
 solver with adjoint_method (default dopri5): "interpolating" reads y(t) from scipy's
 own dense output (solve_ivp(dense_output=True): the chosen method's interpolant,
 `ScipyPath`), "backsolve" needs only the outputs (Chen et al.; torchdiffeq's
-odeint_adjoint defaults to scipy for the backward solve too). adjoint="direct"
-refuses: scipy keeps no autograd graph.
+odeint_adjoint defaults to scipy for the backward solve too). adjoint="direct" gives
+the values (as torchdiffeq's odeint does) and a backward pass through them raises:
+scipy keeps no autograd graph.
 
 options: solver (a solve_ivp method: "RK45", "DOP853", "Radau", "BDF", "LSODA", the
 default as in torchdiffeq), min_step, max_step, first_step. Cost: one func call per
