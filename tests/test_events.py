@@ -53,6 +53,16 @@ def test_solve_until_event_runs_past_the_first_span_forwards_and_backwards(metho
         assert sol.event.time == pytest.approx(direction * impact_time(10.0, 0.0), abs=1e-10)
 
 
+def test_a_float32_guard_that_reaches_exactly_zero_closes_the_bracket_there():
+    """y' = 0.2 in float32, guard y - 3.5111: below float32's resolution the guard is
+    exactly 0 over a stretch of time; the root is taken there, not at the step start
+    (which a bracket refusing zeros would return after max_iter)."""
+    watch = Watch(lambda t, y: y - 3.5111111, tol=1e-9)
+    sol = solve_until_event(lambda t, y: torch.full_like(y, 0.2), torch.tensor([[3.2]]), 1.0, 1.0, watch,
+                            method="dopri5", rtol=1e-7, atol=1e-9)
+    assert sol.event.time == pytest.approx(1 + 0.3111111 / 0.2, abs=1e-5)
+
+
 def test_two_guard_elements_the_first_to_cross_wins_and_a_restart_at_zero_does_not_stop():
     """Elements: height and (v + 5): v reaches -5 at t = 5/9.8 before the ground (1.43).
     Restarted at the ground with the velocity reversed, the height element is 0 at t0:
@@ -186,6 +196,16 @@ def test_odeint_event_takes_torchdiffeq_odeint_as_its_interface():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-9)
     v = math.sqrt(0.25 + 2 * 9.8 * 9.8)                # impact speed: dt*/dradius = -1 / v
     assert float(grads[1][2]) == pytest.approx(-1 / v, rel=1e-8)
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "explicit_adams", "implicit_adams"])
+def test_fixed_step_events_take_torchdiffeqs_options(method):
+    """options=dict(step_size=..., interp="cubic") as torchdiffeq's event tests pass them:
+    y' = 0.2 from 3.2 at t = 1 reaches 3.5 at t = 2.5 (exact for every method)."""
+    t_event, ys = ctpg.odeint(lambda t, y: 0.2 + 0 * y, torch.tensor(3.2, dtype=F64),
+                              torch.tensor([1.0, 2.0], dtype=F64), event_fn=lambda t, y: y - 3.5, method=method,
+                              options=dict(step_size=0.01, interp="cubic"))
+    assert float(t_event) == pytest.approx(2.5, abs=1e-9) and float(ys[-1]) == pytest.approx(3.5, abs=1e-9)
 
 
 def test_odeint_event_bad_arguments_say_how_to_fix_them():

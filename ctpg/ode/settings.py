@@ -19,9 +19,12 @@ ALIASES = {"adaptive_heun": "heun", "heun2": "heun", "fixed_adams": "implicit_ad
 # torchdiffeq's fixed-grid solvers: fixed steps even where the ctpg method could adapt
 FIXED_GRID = {"euler", "midpoint", "rk4", "heun2", "explicit_adams", "implicit_adams", "fixed_adams"}
 # torchdiffeq names with no ctpg counterpart, and what to use instead
-INSTEAD = {"heun3": "bosh3 or rk4 with options=dict(step_size=...)",
-           }
-OPTION_KEYS = ("step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm")
+INSTEAD = {"heun3": "bosh3 or rk4 with options=dict(step_size=...)"}
+OPTION_KEYS = ("step_size", "first_step", "max_num_steps", "step_t", "jump_t", "interp", "norm")
+# torchdiffeq's fixed-grid solvers interpolate between their steps ("linear" or "cubic");
+# ctpg's fixed steps land on every output time and events use the step's cubic Hermite,
+# so the option is accepted and changes nothing
+INTERP = ("linear", "cubic")
 
 
 @dataclasses.dataclass
@@ -82,6 +85,8 @@ def settings(method, rtol, atol, options, *, adjoint: bool = False) -> SolveSett
     if unknown:
         raise ValueError(f"odeint: {what} key(s) {unknown} are not supported; ctpg.odeint understands "
                          f"{', '.join(OPTION_KEYS[:-1])} and, in adjoint_options, norm='seminorm'")
+    if options.pop("interp", "cubic") not in INTERP:
+        raise ValueError(f"odeint: {what}['interp'] must be one of {INTERP} (torchdiffeq's fixed-grid option)")
     norm = options.pop("norm", None)
     if norm is not None and not (adjoint and norm == "seminorm"):
         raise ValueError(f"odeint: {what}['norm']={norm!r} is not supported: the error norm is the RMS over all "
