@@ -26,3 +26,8 @@ __all__ += ["__version__", "saturated_policy"]
 from ctpg.ode import OdeintInfo, odeint  # noqa: E402
 
 __all__ += ["odeint", "OdeintInfo"]
+
+# Events (issue 21): torchdiffeq's odeint_event, differentiable through the event time.
+from ctpg.ode import odeint_event  # noqa: E402
+
+__all__ += ["odeint_event"]

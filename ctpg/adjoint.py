@@ -44,7 +44,7 @@ def solve_adjoint(field, a1: torch.Tensor, mu1: torch.Tensor, t1: float, t0: flo
                   method: str, rtol=None, atol=None, dt: float | None = None,
                   first_step: float | None = None, max_steps: int = 100_000,
                   seminorm: bool = False, tstops=(), jumps=None, per_sample: bool = False,
-                  sync_every: int | None = None, capture=None) -> AdjointSolution:
+                  sync_every: int | None = None, capture=None, check_tolerance: bool = True) -> AdjointSolution:
     """Integrate the adjoint of `field` from t1 back to t0.
 
     a1 [N, ...] (leading dimension: samples; the error norm is per sample) and mu1 [P]
@@ -56,6 +56,7 @@ def solve_adjoint(field, a1: torch.Tensor, mu1: torch.Tensor, t1: float, t0: flo
     methods; field.derivatives(t, a, rows), mu per sample [N, P], see
     ctpg.solvers.per_sample). `sync_every`: device-side step control, `capture`: its
     attempts compiled around field.derivatives' pure form (ctpg.solvers.on_device).
+    `check_tolerance`: warn about unreachable tolerances once (on the first segment).
     Costs one field.derivatives call per stage (one vjp for
     the front ends), see `ctpg.solvers.solve`.
     """
@@ -71,7 +72,7 @@ def solve_adjoint(field, a1: torch.Tensor, mu1: torch.Tensor, t1: float, t0: flo
         sol = solve(field.derivatives, a, start, end, method=method, rtol=rtol, atol=atol, dt=dt,
                     first_step=h, max_steps=max_steps, q0=mu, quadrature_in_norm=not seminorm,
                     jacobian=jacobian, tstops=tstops, per_sample=per_sample, sync_every=sync_every,
-                    capture=capture)
+                    capture=capture, check_tolerance=check_tolerance and start == t1)
         a, mu, h = sol.y1, sol.q1, sol.last_step
         out.steps_accepted += sol.steps_accepted
         out.steps_rejected += sol.steps_rejected

@@ -345,7 +345,7 @@ def test_float32_at_horizons_that_float32_cannot_represent(estimator, horizon):
 
 
 def test_rtol_below_the_dtype_precision_warns():
-    with pytest.warns(UserWarning, match="below what torch.float32 can deliver"):
+    with pytest.warns(UserWarning, match="below what torch.float32 carries"):
         solve(lambda t, y: -y, torch.ones(1, 1), 0.0, 1.0, method="dopri5", rtol=1e-9, atol=1e-9)
 
 

@@ -82,7 +82,7 @@ def test_linear_ode_gradients_match_the_closed_form(mode, reverse):
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-8)
 
 
-@pytest.mark.parametrize("mode", ["interpolating", "backsolve"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("reverse", [False, True], ids=["increasing", "decreasing"])
 def test_non_autonomous_gradients_in_k_y0_and_every_output_time(mode, reverse):
     t = torch.tensor([0.3, 0.9, 1.7, 2.2, 3.0], dtype=F64)
@@ -96,6 +96,50 @@ def test_non_autonomous_gradients_in_k_y0_and_every_output_time(mode, reverse):
     expected = torch.autograd.grad((W * exact).sum(), [k_, y0_, t_])
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method, options", [("dopri5", None), ("rk4", dict(step_size=0.01))])
+def test_scalar_state_and_output_time_gradients_match_central_differences(mode, method, options):
+    """A 0-dim y0 (torchdiffeq accepts a scalar state) keeps its shape; dL/dt_i in every
+    mode, against central differences of the solver's own output (eps 1e-6) and the
+    closed form y = y0 exp(k (sin t - sin t0))."""
+    func, y0 = Cosine(), torch.tensor(0.7, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.3, 0.9, 1.7, 2.2], dtype=F64, requires_grad=True)
+    W = torch.tensor([0.3, -1.0, 2.0, 0.5], dtype=F64)
+
+    def loss(times):
+        return (W * ctpg.odeint(func, y0, times, adjoint=mode, method=method, options=options, **TIGHT)).sum()
+
+    assert ctpg.odeint(func, y0, t, method=method, options=options).shape == (4,)
+    (g,) = torch.autograd.grad(loss(t), t)
+    eye = torch.eye(4, dtype=F64)
+    with torch.no_grad():
+        fd = torch.stack([(loss(t + 1e-6 * e) - loss(t - 1e-6 * e)) / 2e-6 for e in eye])
+    t_ = t.detach().clone().requires_grad_(True)
+    (exact,) = torch.autograd.grad((W * y0.detach() * torch.exp(func.k.detach() * (torch.sin(t_) - torch.sin(t_[0]))))
+                                   .sum(), t_)
+    torch.testing.assert_close(g, exact, rtol=1e-7, atol=1e-8)
+    torch.testing.assert_close(g, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_float32_default_tolerances_do_not_warn_and_unreachable_ones_warn_once():
+    """rtol 1e-7 in float32 solves in as many steps as float64 (no warning); rtol 1e-10,
+    atol 0 is rounding noise: one warning per call, forward and backward together."""
+    import warnings
+    func = mlp_field()
+    func.float()
+    y0 = torch.ones(2, requires_grad=True)
+    t = torch.linspace(0, 1, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ctpg.odeint(func, y0, t).sum().backward()
+    with pytest.warns(UserWarning, match="below what torch.float32 carries") as record:
+        try:
+            ctpg.odeint(func, y0, t, rtol=1e-10, atol=0.0).sum().backward()
+        except ctpg.SolverError:
+            pass
+    assert len([w for w in record if "carries" in str(w.message)]) == 1
 
 
 def central_difference(loss, tensors, directions, eps=1e-6):
@@ -236,7 +280,7 @@ def test_shapes_single_time_float32_and_no_grad():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(adjoint="bptt"), "adjoint must be one of"),
-    (dict(method="dopri8"), "dop853"),
+    (dict(method="heun3"), "bosh3"),
     (dict(method="nope"), "unknown method"),
     (dict(options=dict(safety=0.8)), "not supported"),
     (dict(options=dict(norm="seminorm")), "seminorm"),
@@ -261,8 +305,8 @@ def test_bad_inputs_say_how_to_fix_them():
     W = torch.ones(2, 2, dtype=F64, requires_grad=True)
     with pytest.raises(ValueError, match="adjoint_params"):
         ctpg.odeint(lambda t, y: W @ y, y0.clone().requires_grad_(True), t)
-    with pytest.raises(ValueError, match="no gradients with respect to t"):
-        ctpg.odeint(func, y0, t.clone().requires_grad_(True), adjoint="direct")
+    with pytest.raises(ValueError, match="y0 contains NaN or Inf"):
+        ctpg.odeint(func, torch.tensor([1.0, float("nan")], dtype=F64), t)
 
 
 def test_seminorm_and_adjoint_settings_are_used():

@@ -52,11 +52,11 @@ class Packing:
 
     def unpack(self, row: torch.Tensor, lead: tuple = ()):
         """[*lead, M] -> a tensor (or tuple) shaped like y0 with leading dims `lead`."""
+        lead = tuple(lead)       # shapes may be () (a scalar state): reshape takes one tuple
         if not self.is_tuple:
-            return row.reshape(*lead, *self.shapes[0])
+            return row.reshape(lead + tuple(self.shapes[0]))
         chunks = torch.split(row, self.numels, dim=-1)
-        out = tuple(c.reshape(*lead, *s) for c, s in zip(chunks, self.shapes))
-        return out if self.is_tuple else out[0]
+        return tuple(c.reshape(lead + tuple(s)) for c, s in zip(chunks, self.shapes))
 
     def check_output(self, out) -> None:
         """Refuse a func(t, y) whose value is not shaped like the state."""

@@ -22,7 +22,10 @@ import torch
 from ctpg.adjoint import solve_adjoint, unflatten
 from ctpg.errors import NonFiniteError, SolverError
 from ctpg.estimators.base import PassStats
-from ctpg.solvers import Linearisation, is_stiff_method, solve
+from ctpg.ode.field import TimeGrid
+from ctpg.ode.scipy_solve import scipy_forward
+from ctpg.solvers import Linearisation, Solution, is_stiff_method, solve
+from ctpg.solvers.events import Watch, solve_until_event
 from ctpg.trajectory import Trajectory
 
 
@@ -38,19 +41,44 @@ class Run:
     params: list
     info: object           # odeint.OdeintInfo
     backward_clock: tuple | None = None   # direct mode: (counter snapshot, start) of the backward pass
+    event_fn: object = None               # odeint(..., event_fn=): the solve ends at its first root
+    event_tol: float = 0.0                # the event's time tolerance (atol, as torchdiffeq)
+    event_time: float | None = None       # where it ended, in t
 
 
 def forward_pass(run: Run, y0row: torch.Tensor, keep_path: bool):
     """(outputs [len(t), M], Solution): one solve from s_0 to s_n; outputs at interior
     times from the dense output (kept when `keep_path` or when there are any)."""
     grid, cfg = run.grid, run.forward_settings
+    if cfg.scipy is not None:
+        outputs, path = scipy_forward(run.field, y0row, grid.s, cfg, dense=keep_path)
+        return outputs, Solution(outputs[-1:], 0, 0, 0, [grid.s[0], grid.s[-1]], trajectory=path)
     kwargs = cfg.as_kwargs(grid)
     if is_stiff_method(cfg.method):
         kwargs["jacobian"] = run.field.jacobian
+    if run.event_fn is not None:
+        return event_forward(run, y0row, keep_path, kwargs)
     dense = keep_path or len(grid) > 2
     sol = solve(run.field, y0row, grid.s[0], grid.s[-1], dense=dense, **kwargs)
     rows = [y0row[0]] + [sol.trajectory.evaluate(s)[0] for s in grid.s[1:-1]] + [sol.y1[0]]
     return torch.stack(rows), sol
+
+
+def event_forward(run: Run, y0row: torch.Tensor, keep_path: bool, kwargs: dict):
+    """(outputs [y0, y(t_event)], Solution): the solve from t[0] until event_fn's first
+    root (ctpg.solvers.events, no end time); run.grid becomes [t[0], t_event] for the
+    backward pass and run.event_time records t_event."""
+    field, packing, grid = run.field, run.field.packing, run.grid
+
+    def guard(s, y):
+        t = (field.sign * s[0]).to(packing.dtype)
+        return torch.as_tensor(run.event_fn(t, packing.unpack(y[0]))).reshape(1, -1)
+
+    sol = solve_until_event(field, y0row, grid.s[0], grid.s[1] - grid.s[0], Watch(guard, run.event_tol),
+                            dense=keep_path, **kwargs)
+    run.event_time = field.sign * sol.event.time
+    run.grid = TimeGrid(torch.tensor([grid.times[0], run.event_time], dtype=torch.float64))
+    return torch.stack([y0row[0], sol.y1[0]]), sol
 
 
 def timed(run: Run, work, name: str):
@@ -134,6 +162,8 @@ def _needed(ctx, params):
 def _gradients(ctx, run, a0_plus, mu, grads, needed, state):
     """The tuple of gradients backward returns: (run, y0, t, *params)."""
     grad_t = time_gradients(run, state, grads, a0_plus, ctx.t) if ctx.needs_input_grad[2] else None
+    if grad_t is not None and run.event_fn is not None:
+        grad_t[1:] = 0          # t[1] only sets the first search span: the end is the event
     by_id = {id(p): g for p, g in zip(needed, unflatten(mu, needed))}
     grad_params = [by_id.get(id(p)) for p in run.params]
     grad_y0 = (a0_plus + grads[:1]) if ctx.needs_input_grad[1] else None
@@ -151,13 +181,17 @@ class Interpolating(torch.autograd.Function):
         outputs, sol = run_forward(run, y0row.detach(), keep_path=True)
         run.info.stored_floats = sol.trajectory.stored_floats
         ctx.run, ctx.t, ctx.times, ctx.last_step = run, t.detach(), sol.times, sol.last_step
-        ctx.save_for_backward(sol.trajectory.coefs)
+        if isinstance(sol.trajectory, Trajectory):
+            ctx.save_for_backward(sol.trajectory.coefs)
+        else:                   # scipy_solver: scipy's own dense output (ScipyPath)
+            ctx.path = sol.trajectory
         return outputs
 
     @staticmethod
     def backward(ctx, grads):
-        run, (coefs,) = ctx.run, ctx.saved_tensors
-        path, needed = Trajectory(ctx.times, coefs), _needed(ctx, run.params)
+        run = ctx.run
+        path = getattr(ctx, "path", None) or Trajectory(ctx.times, ctx.saved_tensors[0])
+        needed = _needed(ctx, run.params)
         grads = grads.detach()
 
         def work():

@@ -2,25 +2,29 @@
 
 torchdiffeq passes solver settings as `method` plus an `options` dict (and the adjoint
 ones as `adjoint_method` plus `adjoint_options`). This module maps the ones that have a
-ctpg counterpart and refuses the rest with a message that says what to use instead.
+ctpg counterpart and refuses the rest with a message that says what to use instead
+(heun3 alone now). method="scipy_solver" takes scipy's options instead
+(ctpg.ode.scipy_solve).
 """
 from __future__ import annotations
 
 import dataclasses
 
+from ctpg.ode import scipy_solve
 from ctpg.solvers import method_names
 from ctpg.solvers.tableaus import TABLEAUS
 
 # torchdiffeq name -> ctpg name (same method)
-ALIASES = {"adaptive_heun": "heun", "heun2": "heun"}
+ALIASES = {"adaptive_heun": "heun", "heun2": "heun", "fixed_adams": "implicit_adams"}
 # torchdiffeq's fixed-grid solvers: fixed steps even where the ctpg method could adapt
-FIXED_GRID = {"euler", "midpoint", "rk4", "heun2"}
+FIXED_GRID = {"euler", "midpoint", "rk4", "heun2", "explicit_adams", "implicit_adams", "fixed_adams"}
 # torchdiffeq names with no ctpg counterpart, and what to use instead
-INSTEAD = {"dopri8": "dop853 (Dormand-Prince 8(5,3), a different 8th-order pair)",
-           "fehlberg2": "heun or bosh3", "heun3": "bosh3 or rk4 with options=dict(step_size=...)",
-           "explicit_adams": "dopri5 or tsit5", "implicit_adams": "rodas5p or auto (stiff problems)",
-           "fixed_adams": "rodas5p or auto (stiff problems)", "scipy_solver": "dopri5, dop853 or rodas5p"}
-OPTION_KEYS = ("step_size", "first_step", "max_num_steps", "step_t", "jump_t", "norm")
+INSTEAD = {"heun3": "bosh3 or rk4 with options=dict(step_size=...)"}
+OPTION_KEYS = ("step_size", "first_step", "max_num_steps", "step_t", "jump_t", "interp", "norm")
+# torchdiffeq's fixed-grid solvers interpolate between their steps ("linear" or "cubic");
+# ctpg's fixed steps land on every output time and events use the step's cubic Hermite,
+# so the option is accepted and changes nothing
+INTERP = ("linear", "cubic")
 
 
 @dataclasses.dataclass
@@ -36,6 +40,7 @@ class SolveSettings:
     max_steps: int = 100_000
     tstops: tuple = ()                # in t, as the user gave them
     seminorm: bool = False
+    scipy: dict | None = None         # method="scipy_solver": solve_ivp keywords (ctpg.ode.scipy_solve)
 
     def as_kwargs(self, grid) -> dict:
         """solve() keywords in the grid's increasing time s. Fixed-grid methods land on
@@ -45,8 +50,9 @@ class SolveSettings:
         dt = self.dt
         if self.fixed_grid and dt is None:
             dt = max(b - a for a, b in zip(grid.s, grid.s[1:]))
+        # odeint checks the tolerances once per call (ctpg.ode.odeint._check_values), not per solve
         return dict(method=self.method, rtol=self.rtol, atol=self.atol, dt=dt, first_step=self.first_step,
-                    max_steps=self.max_steps, tstops=sorted(set(stops)))
+                    max_steps=self.max_steps, tstops=sorted(set(stops)), check_tolerance=False)
 
 
 def solver_name(method: str | None) -> tuple[str, bool]:
@@ -59,7 +65,7 @@ def solver_name(method: str | None) -> tuple[str, bool]:
     if name not in method_names() and not name.startswith("auto:"):
         raise ValueError(f"odeint: unknown method {method!r}; choose one of {', '.join(method_names())} "
                          f"(torchdiffeq's names {', '.join(sorted(ALIASES))} are accepted too)")
-    fixed = method in FIXED_GRID or (name in TABLEAUS and TABLEAUS[name].err is None)
+    fixed = method in FIXED_GRID or name in FIXED_GRID or (name in TABLEAUS and TABLEAUS[name].err is None)
     return name, fixed
 
 
@@ -70,11 +76,17 @@ def settings(method, rtol, atol, options, *, adjoint: bool = False) -> SolveSett
     step_t and jump_t (times to land on: both become stops where the step restarts),
     and in adjoint_options norm="seminorm" (steps controlled by the adjoint alone)."""
     options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTION_KEYS))
     what = "adjoint_options" if adjoint else "options"
+    if method == scipy_solve.NAME:
+        _check_tolerance(rtol, "rtol")
+        _check_tolerance(atol, "atol")
+        return SolveSettings(method, rtol, atol, scipy=scipy_solve.scipy_options(options))
+    unknown = sorted(set(options) - set(OPTION_KEYS))
     if unknown:
         raise ValueError(f"odeint: {what} key(s) {unknown} are not supported; ctpg.odeint understands "
                          f"{', '.join(OPTION_KEYS[:-1])} and, in adjoint_options, norm='seminorm'")
+    if options.pop("interp", "cubic") not in INTERP:
+        raise ValueError(f"odeint: {what}['interp'] must be one of {INTERP} (torchdiffeq's fixed-grid option)")
     norm = options.pop("norm", None)
     if norm is not None and not (adjoint and norm == "seminorm"):
         raise ValueError(f"odeint: {what}['norm']={norm!r} is not supported: the error norm is the RMS over all "

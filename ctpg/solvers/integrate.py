@@ -9,6 +9,7 @@ import warnings
 import torch
 
 from ctpg.errors import MaxStepsExceeded, NonFiniteError, StepSizeTooSmall
+from ctpg.solvers import events
 from ctpg.solvers.control import ErrorNorm, PIController, initial_step
 from ctpg.solvers.methods import make_stepper
 from ctpg.solvers.on_device import adaptive_on_device
@@ -37,6 +38,7 @@ class Solution:
     method_switches: int = 0
     last_step: float | torch.Tensor | None = None   # per-sample mode: a tensor [N]
     iterations: int | None = None                   # per-sample mode: batched step attempts
+    event: object | None = None                     # events.EventRecord when an event ended the solve
 
 
 class _Counted:
@@ -73,7 +75,8 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
           max_steps: int = 100_000, min_step: float | None = None, dense: bool = False,
           error_on: slice | None = None, q0: torch.Tensor | None = None,
           quadrature_in_norm: bool = True, jacobian=None, autonomous: bool = False,
-          tstops=(), per_sample: bool = False, sync_every: int | None = None, capture=None) -> Solution:
+          tstops=(), per_sample: bool = False, sync_every: int | None = None, capture=None,
+          check_tolerance: bool = True, event=None) -> Solution:
     """Integrate from t0 to t1 (t1 < t0 integrates backwards in time).
 
     y0 [N, ...]: the leading dimension indexes independent samples. Adaptive steps
@@ -106,6 +109,15 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
     With it, `capture` (an on_device.CapturedField: func as a pure function of tensors)
     runs every step attempt as one torch.compile'd function.
 
+    `event`: an events.Watch; the solve stops at the first time where a sample's guard
+    crosses zero (located on the step's dense output, see ctpg.solvers.events) and
+    Solution.event records it (None when t1 came first). Shared steps only, no
+    quadratures.
+
+    `check_tolerance`: warn (once, here) when rtol and atol ask for more relative
+    accuracy than y0's dtype carries (see `unreachable_tolerance`); a front end that
+    makes several solves checks once itself and passes False.
+
     `tstops`: times strictly between t0 and t1 where the solve must land, e.g. where
     func jumps in t; the step restarts there (func is evaluated afresh), and func is
     evaluated on each side of a stop just inside that side (the neighbouring float),
@@ -137,19 +149,23 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
                          "or choose an adaptive method (dopri5, tsit5, bosh3, heun, dop853, rodas5p, ...)")
     if adaptive and (rtol is None or atol is None):
         raise ValueError("rtol and atol are required for adaptive steps, e.g. rtol=1e-6, atol=1e-8")
-    if adaptive:
-        _warn_if_tolerance_unreachable(rtol, y0.dtype)
+    if adaptive and check_tolerance:
+        warn_if_unreachable(rtol, atol, y0, stacklevel=3)
     bounds = _stop_points(t0, t1, tstops)
     if sync_every is not None and not (isinstance(sync_every, int) and sync_every >= 1
                                        and adaptive and not per_sample):
         raise ValueError(f"sync_every must be a positive integer and needs adaptive shared steps (no dt, "
                          f"per_sample=False), got sync_every={sync_every!r}")
+    if event is not None and (per_sample or sync_every is not None or q0 is not None):
+        raise ValueError("events need shared steps on the host without quadratures (per_sample=False, "
+                         "sync_every=None, q0=None)")
     if capture is not None and sync_every is None:
         raise ValueError("capture compiles the attempts of the device-side loop: give sync_every too")
     if per_sample:
         return _solve_per_sample(rhs, stepper, y0, q0, bounds, ErrorNorm(rtol, atol, error_on, quadrature_in_norm),
                                  first_step, max_steps, min_step, dense)
     run = _Run(rhs, stepper, dense, max_steps, sync_every, capture)
+    run.watch = event
     y, q = y0, q0
     if adaptive:
         norm = ErrorNorm(rtol, atol, error_on, quadrature_in_norm)
@@ -157,9 +173,11 @@ def solve(func, y0: torch.Tensor, t0: float, t1: float, *, method: str = "dopri5
     for a, b in zip(bounds[:-1], bounds[1:]):
         rhs.enter(a, b, set(bounds[1:-1]))
         y, q = run.adaptive(y, q, a, b) if adaptive else run.fixed(y, q, a, b, dt)
+        if run.event is not None:
+            break
     trajectory = Trajectory.from_pieces(run.times, run.pieces) if dense else None
     return Solution(y, run.accepted, run.rejected, rhs.calls, run.times, trajectory, q,
-                    getattr(stepper, "jacobian_calls", 0), run.switches, run.last_step)
+                    getattr(stepper, "jacobian_calls", 0), run.switches, run.last_step, event=run.event)
 
 
 def _solve_per_sample(rhs, stepper, y, q, bounds, norm, first_step, max_steps, min_step, dense) -> Solution:
@@ -183,12 +201,35 @@ def _stop_points(t0, t1, tstops) -> list:
     return [float(t0)] + inside + [float(t1)]
 
 
-def _warn_if_tolerance_unreachable(rtol, dtype) -> None:
-    smallest = float(rtol.min()) if torch.is_tensor(rtol) else float(rtol)
-    eps = torch.finfo(dtype).eps
-    if 0 < smallest < 10 * eps:
-        warnings.warn(f"rtol={smallest:.1e} is below what {dtype} can deliver (about {10 * eps:.0e}); "
-                      "the solve will take tiny steps or fail: use float64 or a looser rtol", stacklevel=3)
+# Relative accuracy below eps / UNREACHABLE is where steps collapse: measured with dopri5 in
+# float32 (eps 1.2e-7) on a damped oscillator, y' = -y and van der Pol over [0, 10], atol 0:
+# rtol 1e-8 takes the steps of float64 (+2 %), rtol 1e-9 5x more, rtol 1e-10 fails.
+UNREACHABLE = 30
+
+
+def unreachable_tolerance(rtol, atol, y0: torch.Tensor) -> str | None:
+    """The warning to give when rtol and atol ask for more relative accuracy than y0's
+    dtype carries, else None. The asked accuracy is rtol + atol / max|y0| (the tightest
+    per-component values); below eps / UNREACHABLE the error estimate is rounding
+    noise, so steps shrink towards min_step (measured, see UNREACHABLE). One read-back
+    of max|y0|."""
+    smallest = [float(v.min()) if torch.is_tensor(v) else float(v) for v in (rtol, atol)]
+    eps = torch.finfo(y0.dtype).eps
+    size = float(y0.detach().abs().max()) if y0.numel() else 0.0
+    asked = smallest[0] + (smallest[1] / size if size > 0 else float("inf"))
+    if not asked < eps / UNREACHABLE:
+        return None
+    return (f"rtol={smallest[0]:.1e} with atol={smallest[1]:.1e} asks for a relative accuracy of {asked:.1e} "
+            f"at |y0| = {size:.2g}, below what {y0.dtype} carries (eps {eps:.1e}); the steps will shrink until "
+            f"rounding dominates and the solve may take many more steps or fail: use float64, or rtol and "
+            f"atol / |y| of at least {eps / UNREACHABLE:.0e}")
+
+
+def warn_if_unreachable(rtol, atol, y0: torch.Tensor, stacklevel: int = 2) -> None:
+    """warnings.warn(unreachable_tolerance(...)) when there is something to say."""
+    message = unreachable_tolerance(rtol, atol, y0)
+    if message is not None:
+        warnings.warn(message, stacklevel=stacklevel + 1)
 
 
 def _raise_at_first_nonfinite(flags, first_index, t0, h) -> None:
@@ -210,6 +251,28 @@ class _Run:
         self.times, self.pieces = [], []
         self.accepted = self.rejected = self.switches = 0
         self.last_step = None
+        self.watch, self.event = None, None     # events.Watch, and the EventRecord that stopped the solve
+
+    def keeps_piece(self) -> bool:
+        return self.dense or self.watch is not None
+
+    def stopped_at_event(self, coefs, t_a: float, t_b: float) -> torch.Tensor | None:
+        """After an accepted step [t_a, t_b]: None, or the state at the batch's earliest
+        event on it, the step (time, stored piece) cut there and run.event set."""
+        roots = self.watch.check(coefs, t_a, t_b)
+        if roots is None:
+            return None
+        times = roots.time[roots.hit]
+        t_event = float(times.min() if t_b > t_a else times.max())
+        rows = (roots.hit & (roots.time == t_event)).nonzero()[:, 0]
+        ratio = (t_event - t_a) / (t_b - t_a)
+        y = events.evaluate_piece(coefs, torch.full((coefs.shape[1],), ratio, dtype=torch.float64,
+                                                    device=coefs.device))
+        self.times[-1] = t_event
+        if self.dense:
+            self.pieces[-1] = events.truncate_piece(coefs, ratio)
+        self.event = events.EventRecord(t_event, rows, roots.index[rows], y, roots)
+        return y
 
     def prepare_adaptive(self, norm, first_step, min_step, t0, t1):
         self.norm, self.h = norm, first_step
@@ -236,13 +299,20 @@ class _Run:
             if (i + 1) % CHECK_EVERY == 0 or i == n - 1:
                 _raise_at_first_nonfinite(flags, i + 1 - len(flags), t0, h)
                 flags = []
-            need_f = self.dense or i < n - 1
-            coefs = self.stepper.accept(self.rhs, state, step, t_next, self.dense) if need_f else None
+            need_f = self.keeps_piece() or i < n - 1
+            coefs = self.stepper.accept(self.rhs, state, step, t_next, self.keeps_piece()) if need_f else None
             if self.dense:
                 self.pieces.append(coefs)
             self.times.append(t_next)
             y, q = step.y1, step.q1
             self.accepted += 1
+            if self.watch is not None:
+                y_event = self.stopped_at_event(coefs, t, t_next)
+                if y_event is not None:
+                    if flags:
+                        _raise_at_first_nonfinite(flags, i + 1 - len(flags), t0, h)
+                    self.last_step = abs(h)
+                    return y_event, q
         self.last_step = abs(h)
         return y, q
 
@@ -275,9 +345,10 @@ class _Run:
             ok, factor = self.controller.propose(ratio, step.error_order)
             if ok:
                 t_next = t1 if h == remaining else t + direction * h
-                coefs = stepper.accept(self.rhs, state, step, t_next, self.dense)
+                coefs = stepper.accept(self.rhs, state, step, t_next, self.keeps_piece())
                 if self.dense:
                     self.pieces.append(coefs)
+                t_prev = t
                 t, y, q = t_next, step.y1, step.q1
                 # a shrinking step hints that a kept (W-method) Jacobian no longer fits
                 state.stale = state.stale or factor < 1.0
@@ -289,6 +360,11 @@ class _Run:
                     self.switches += state.switches - switches
                     switches = state.switches
                     self.controller.reset()
+                if self.watch is not None:
+                    y_event = self.stopped_at_event(coefs, t_prev, t)
+                    if y_event is not None:
+                        self.h = h * factor
+                        return y_event, q
             else:
                 stepper.reject(state, step)
                 self.rejected += 1

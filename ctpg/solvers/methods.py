@@ -1,6 +1,7 @@
 """Method names -> steppers, in one place (used by `solve` and the command line)."""
 from __future__ import annotations
 
+from ctpg.solvers.adams import ADAMS, Adams
 from ctpg.solvers.rosenbrock_tableaus import ROSENBROCK_TABLEAUS
 from ctpg.solvers.steppers import AutoSwitch, ExplicitRK, Rosenbrock
 from ctpg.solvers.tableaus import TABLEAUS
@@ -10,7 +11,7 @@ AUTO_DEFAULT = ("tsit5", "rodas5p")
 
 def method_names() -> list[str]:
     """Every name `solve(method=...)` accepts ("auto:E+R" pairs aside)."""
-    return list(TABLEAUS) + list(ROSENBROCK_TABLEAUS) + ["auto"]
+    return list(TABLEAUS) + list(ADAMS) + list(ROSENBROCK_TABLEAUS) + ["auto"]
 
 
 def is_stiff_method(method: str) -> bool:
@@ -22,6 +23,8 @@ def make_stepper(method: str, jacobian=None, autonomous: bool = False):
     """The stepper for `method`; `jacobian` and `autonomous` matter to Rosenbrock steps only."""
     if method in TABLEAUS:
         return ExplicitRK(TABLEAUS[method])
+    if method in ADAMS:
+        return Adams(method, **ADAMS[method])
     if method in ROSENBROCK_TABLEAUS:
         return Rosenbrock(ROSENBROCK_TABLEAUS[method], jacobian, autonomous)
     if method == "auto" or method.startswith("auto:"):

@@ -303,7 +303,10 @@ def step_polynomial(step: Step, f1: torch.Tensor) -> torch.Tensor:
     The method's own dense output where it has one, else the cubic Hermite through
     (y0, h f0) and (y1, h f1), third-order accurate."""
     if step.dense_weights is not None:
-        rows = [step.y0] + [combine(None, step.vector_scale, [w[p] for w in step.dense_weights], step.vectors)
+        vectors = step.vectors
+        if len(step.dense_weights) == len(vectors) + 1:      # a weight on F(t1, y1) too (not FSAL)
+            vectors = vectors + [f1]
+        rows = [step.y0] + [combine(None, step.vector_scale, [w[p] for w in step.dense_weights], vectors)
                             for p in range(len(step.dense_weights[0]))]
         return torch.stack(rows)
     h, y0, y1, f0 = step.h, step.y0, step.y1, step.f0

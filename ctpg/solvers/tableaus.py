@@ -3,15 +3,23 @@
 A tableau is validated when built: each row of `a` sums to its `c`, `b` sums to 1,
 error weights sum to 0 and, for FSAL methods, the last row of `a` equals `b`.
 Dense output is data too: `dense[i][j]` is the coefficient of theta^(j+1) in the
-weight b_i(theta), so that y(t0 + theta h) = y0 + h sum_i b_i(theta) k_i. Methods
-without their own interpolant get cubic Hermite from the endpoint derivatives.
+weight b_i(theta), so that y(t0 + theta h) = y0 + h sum_i b_i(theta) k_i; a method that
+is not FSAL may give one row more, the weight of F(t0 + h, y1) (computed on acceptance
+anyway). Methods without their own interpolant get cubic Hermite from the endpoint
+derivatives.
 
 Sources: Hairer, Norsett & Wanner, Solving ODEs I (1993) for Euler, midpoint,
 Heun-Euler, RK4, Dormand-Prince 5(4) and its dense output (Shampine, "Some practical
 Runge-Kutta formulas", Math. Comp. 1986) and DOP853; Bogacki & Shampine, "A 3(2)
 pair of Runge-Kutta formulas", Appl. Math. Lett. 1989; Tsitouras, "Runge-Kutta pairs
 of order 5(4) satisfying only the first column simplifying assumption", Comput. Math.
-Appl. 2011 (coefficients and interpolant).
+Appl. 2011 (coefficients and interpolant); Prince & Dormand, "High order embedded
+Runge-Kutta formulae", J. Comput. Appl. Math. 7 (1981) 67-75, for the 13-stage 8(7)
+pair (dopri8), as rational approximations transcribed in torchdiffeq's
+`_impl/dopri8.py`, which also gives the midpoint weights its interpolant uses;
+Fehlberg, NASA TR R-315 (1969), for the 2(1) pair fehlberg2 (propagating the
+second-order solution, as torchdiffeq does). tests/test_methods.py checks every
+order condition of dopri8 (all 200 rooted trees up to order 8) and fehlberg2.
 """
 from __future__ import annotations
 
@@ -56,7 +64,9 @@ class Tableau:
             checks += [tuple(map(float, self.a[-1])) == tuple(map(float, self.b[:-1])), float(self.b[-1]) == 0]
         if self.dense is not None:
             at_one = [sum(map(float, row)) for row in self.dense]
-            checks += [len(self.dense) == s, np.allclose(at_one, list(map(float, self.b)), atol=1e-12)]
+            extra = len(self.dense) == s + 1 and not self.fsal    # a row for F(t0 + h, y1)
+            b = list(map(float, self.b)) + [0.0] * extra
+            checks += [len(self.dense) == s or extra, np.allclose(at_one, b, atol=1e-12)]
         if not all(checks):
             raise ValueError(f"tableau {self.name!r} is inconsistent (rows, weights or interpolant)")
 
@@ -85,12 +95,13 @@ class Tableau:
         return 10.0
 
 
-def _quartic_through_midpoint(b, mid, fsal_last: bool = True):
+def _quartic_through_midpoint(b, mid):
     """Dense weights of the quartic through y0, y1, h f0, h f1 and a midpoint value.
 
-    Every endpoint quantity is a linear combination of the stages (f0 = k_1 and, for
-    an FSAL method, f1 = k_s), so the interpolant's weights b_i(theta) are polynomials
-    whose coefficients solve a 3x3 system, stage by stage.
+    Every endpoint quantity is a linear combination of the vectors (f0 = k_1 and f1 the
+    last vector: the last stage of an FSAL method, or F(t0 + h, y1) appended to the
+    stages of one that is not), so the interpolant's weights b_i(theta) are
+    polynomials whose coefficients solve a 3x3 system, vector by vector.
     """
     s = len(b)
     e_first = np.eye(s)[0]
@@ -201,7 +212,82 @@ _DOP853_E5 = (0.01312004499419488, 0.0, 0.0, 0.0, 0.0, -1.2251564463762044, -0.4
 DOP853 = Tableau("dop853", c=_DOP853_C, a=((),) + _DOP853_A, b=_DOP853_B, order=8,
                  err=_DOP853_E5, error_order=5)
 
-TABLEAUS = {t.name: t for t in (EULER, MIDPOINT, HEUN, RK4, BOSH3, DOPRI5, TSIT5, DOP853)}
+_DOPRI8_C = (0, F(1, 18), F(1, 12), F(1, 8), F(5, 16), F(3, 8), F(59, 400), F(93, 200),
+             F(5490023248, 9719169821), F(13, 20), F(1201146811, 1299019798), 1, 1)
+_DOPRI8_A = (
+    (F(1, 18),),
+    (F(1, 48), F(1, 16)),
+    (F(1, 32), 0, F(3, 32)),
+    (F(5, 16), 0, F(-75, 64), F(75, 64)),
+    (F(3, 80), 0, 0, F(3, 16), F(3, 20)),
+    (F(29443841, 614563906), 0, 0, F(77736538, 692538347), F(-28693883, 1125000000), F(23124283, 1800000000)),
+    (F(16016141, 946692911), 0, 0, F(61564180, 158732637), F(22789713, 633445777), F(545815736, 2771057229),
+     F(-180193667, 1043307555)),
+    (F(39632708, 573591083), 0, 0, F(-433636366, 683701615), F(-421739975, 2616292301), F(100302831, 723423059),
+     F(790204164, 839813087), F(800635310, 3783071287)),
+    (F(246121993, 1340847787), 0, 0, F(-37695042795, 15268766246), F(-309121744, 1061227803),
+     F(-12992083, 490766935), F(6005943493, 2108947869), F(393006217, 1396673457), F(123872331, 1001029789)),
+    (F(-1028468189, 846180014), 0, 0, F(8478235783, 508512852), F(1311729495, 1432422823),
+     F(-10304129995, 1701304382), F(-48777925059, 3047939560), F(15336726248, 1032824649),
+     F(-45442868181, 3398467696), F(3065993473, 597172653)),
+    (F(185892177, 718116043), 0, 0, F(-3185094517, 667107341), F(-477755414, 1098053517),
+     F(-703635378, 230739211), F(5731566787, 1027545527), F(5232866602, 850066563), F(-4093664535, 808688257),
+     F(3962137247, 1805957418), F(65686358, 487910083)),
+    (F(403863854, 491063109), 0, 0, F(-5068492393, 434740067), F(-411421997, 543043805), F(652783627, 914296604),
+     F(11173962825, 925320556), F(-13158990841, 6184727034), F(3936647629, 1978049680), F(-160528059, 685178525),
+     F(248638103, 1413531060), 0),
+)
+_DOPRI8_B = (F(14005451, 335480064), 0, 0, 0, 0, F(-59238493, 1068277825), F(181606767, 758867731),
+             F(561292985, 797845732), F(-1041891430, 1371343529), F(760417239, 1151165299), F(118820643, 751138087),
+             F(-528747749, 2220607170), F(1, 4))
+_DOPRI8_BHAT = (F(13451932, 455176623), 0, 0, 0, 0, F(-808719846, 976000145), F(1757004468, 5645159321),
+                F(656045339, 265891186), F(-3867574721, 1518517206), F(465885868, 322736535),
+                F(53011238, 667516719), F(2, 45), 0)
+
+
+def _dopri8_midpoint():
+    """Weights of y(t0 + h/2) on the 13 stages and F(t0 + h, y1), from the quintics in
+    theta that torchdiffeq's dopri8.py evaluates at theta = 1/2 (rows: stages 1, 6-14)."""
+    quintics = {0: (-6.3448349392860401388, 22.1396504998094068976, -30.0610568289666450593,
+                    19.9990069333683970610, -6.6910181737837595697, 1.0),
+                5: (-39.6107919852202505218, 116.4422149550342161651, -121.4999627731334642623,
+                    52.2273532792945524050, -7.6142658045872677172, 0.0),
+                6: (20.3761213808791436958, -67.1451318825957197185, 83.1721004639847717481,
+                    -46.8919164181093621583, 10.7281392630428866124, 0.0),
+                7: (7.3347098826795362023, -16.5672243527496524646, 9.5724507555993664382,
+                    -0.1890893225010595467, 0.5526637063753648783, 0.0),
+                8: (32.8801774352459155182, -89.9916014847245016028, 87.8406057677205645007,
+                    -35.7075975946222072821, 4.2186562625665153803, 0.0),
+                9: (-10.1588990526426760954, 22.6237489648532849093, -17.4152107770762969005,
+                    6.2736448083240352160, -0.6627209125361597559, 0.0),
+                10: (-12.5401268098782561200, 32.2362340167355370113, -28.5903289514790976966,
+                     10.3160881272450748458, -1.2636789001135462218, 0.0),
+                11: (29.5553001484516038033, -82.1020315488359848644, 81.6630950584341412934,
+                     -34.7650769866611817349, 5.4106037898590422230, 0.0),
+                12: (-41.7923486424390588923, 116.2662185791119533462, -114.9375291377009418170,
+                     47.7457971078225540396, -7.0321379067945741781, 0.0),
+                13: (20.3006925822100825485, -53.9020777466385396792, 50.2558364226176017553,
+                     -19.0082099341608028453, 2.3537586759714983486, 0.0)}
+    h = 0.5
+    mid = [0.0] * 14
+    for i, (c5, c4, c3, c2, c1, c0) in quintics.items():
+        mid[i] = h * (c5 * h ** 5 + c4 * h ** 4 + c3 * h ** 3 + c2 * h ** 2 + c1 * h + c0)
+    return mid
+
+
+# Prince & Dormand's 8(7) pair, 13 stages, not FSAL; dense output: the quartic through
+# y0, y1, F0, F1 and the midpoint value (torchdiffeq's interpolant for dopri8).
+DOPRI8 = Tableau("dopri8", c=_DOPRI8_C, a=((),) + _DOPRI8_A, b=_DOPRI8_B, order=8,
+                 err=tuple(x - y for x, y in zip(_DOPRI8_B, _DOPRI8_BHAT)), error_order=7,
+                 dense=_quartic_through_midpoint(_DOPRI8_B + (0,), _dopri8_midpoint()))
+
+# Fehlberg's 2(1) pair: the second-order weights propagate, the first-order ones
+# (the third stage's row) estimate the error. Dense output: cubic Hermite.
+FEHLBERG2 = Tableau("fehlberg2", c=(0, F(1, 2), 1), a=((), (F(1, 2),), (F(1, 256), F(255, 256))),
+                    b=(F(1, 512), F(255, 256), F(1, 512)), order=2,
+                    err=(F(-1, 512), 0, F(1, 512)), error_order=1)
+
+TABLEAUS = {t.name: t for t in (EULER, MIDPOINT, HEUN, RK4, BOSH3, DOPRI5, TSIT5, DOP853, DOPRI8, FEHLBERG2)}
 
 
 def get_tableau(method: str) -> Tableau:
