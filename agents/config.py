@@ -18,8 +18,9 @@ ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "silu")
 BPTT_METHODS = ("euler", "semi-implicit-euler", "midpoint", "rk4")
 # solver methods of the ctpg/backsolve solves: explicit, Rosenbrock (stiff) and switching
 # (every name of ctpg.solvers.method_names(), tests/test_agents_usage.py checks it)
-METHODS = ("euler", "midpoint", "heun", "rk4", "bosh3", "dopri5", "tsit5", "dop853", "rosenbrock23", "ros34pw2",
-           "rodas4", "rodas5p", "auto", "auto:dopri5+rosenbrock23", "auto:tsit5+ros34pw2")
+METHODS = ("euler", "midpoint", "heun", "rk4", "bosh3", "dopri5", "tsit5", "dop853", "dopri8", "fehlberg2",
+           "explicit_adams", "implicit_adams", "rosenbrock23", "ros34pw2", "rodas4", "rodas5p", "auto",
+           "auto:dopri5+rosenbrock23", "auto:tsit5+ros34pw2")
 
 
 def _opt(default, help, **extra):

@@ -274,7 +274,7 @@ def test_every_solver_method_is_a_command_line_choice(capsys):
     from ctpg.solvers.methods import method_names
     assert set(method_names()) <= set(METHODS)
     for method in METHODS:                                    # and each is one the estimators accept
-        ctpg.CTPG(method=method)
+        ctpg.CTPG(method=method, dt=0.01)
     with pytest.raises(SystemExit):
         cli.main(["train", "--method", "nope"])
     err = capsys.readouterr().err

@@ -383,6 +383,8 @@ def test_bad_inputs_raise_clear_errors():
     (lambda: CTPG(method="dopri45"), "CTPG: method='dopri45': unknown solver method"),
     (lambda: CTPG(adjoint_method="rk5"), "CTPG: adjoint_method='rk5'"),
     (lambda: CTPG(dt=-0.1), "CTPG: dt must be a positive number"),
+    (lambda: CTPG(method="rk4"), "CTPG: method='rk4' has no error estimate, so it needs a fixed step"),
+    (lambda: Backsolve(method="explicit_adams"), "Backsolve: method='explicit_adams' has no error estimate"),
     (lambda: CTPG(max_steps=0), "CTPG: max_steps must be a positive integer"),
     (lambda: CTPG(sync_every=0), "CTPG: sync_every must be a positive integer"),
     (lambda: Backsolve(rtol=-1), "Backsolve: rtol must be"),
@@ -401,6 +403,8 @@ def test_valid_options_are_accepted_at_construction():
     for estimator in (CTPG(method="rodas5p"), CTPG(method="auto:dopri5+rosenbrock23", rtol=0, atol=1e-8),
                       CTPG(rtol=tensor_tol, atol=tensor_tol), CTPG(dt=0.01, method="rk4"),
                       Backsolve(method="tsit5", checkpoints=2), BPTT(method="semi-implicit-euler"),
+                      CTPG(dt=0.01, adjoint_method="rk4"),               # the adjoint inherits dt
+                      CTPG(method="explicit_adams", dt=0.01), CTPG(method="dopri8"),
                       BPTT(dt=0.05, method="rk4")):
         assert isinstance(estimator, ctpg.Estimator)
 

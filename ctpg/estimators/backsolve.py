@@ -34,7 +34,7 @@ class Backsolve(Estimator):
                  checkpoints: int = 0, dt: float | None = None, max_steps: int = 100_000):
         if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 0:
             raise ValueError(f"Backsolve: checkpoints must be an integer >= 0, got {checkpoints!r}")
-        check_method("Backsolve", "method", method)
+        check_method("Backsolve", "method", method, adaptive=dt is None)
         check_tolerances("Backsolve", rtol, atol)
         check_positive("Backsolve", "dt", dt)
         check_positive("Backsolve", "max_steps", max_steps, integer=True, optional=False)

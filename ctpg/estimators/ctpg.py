@@ -66,8 +66,9 @@ class CTPG(Estimator):
                  adjoint_dt: float | None = None, adjoint_seminorm: bool = False,
                  max_steps: int = 100_000, per_sample: bool = False, reuse_jacobians: bool = False,
                  compile: bool = False, sync_every: int | None = None):
-        check_method("CTPG", "method", method)
-        check_method("CTPG", "adjoint_method", adjoint_method or method)
+        check_method("CTPG", "method", method, adaptive=dt is None)
+        check_method("CTPG", "adjoint_method", adjoint_method or method,
+                     adaptive=(dt if adjoint_dt is None else adjoint_dt) is None)
         check_tolerances("CTPG", rtol, atol)
         check_tolerances("CTPG", rtol if adjoint_rtol is None else adjoint_rtol,
                          atol if adjoint_atol is None else adjoint_atol, prefix="adjoint_")

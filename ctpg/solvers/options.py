@@ -11,17 +11,22 @@ import torch
 from ctpg.solvers.methods import make_stepper
 
 
-def check_method(owner: str, name: str, method: str, extra: tuple[str, ...] = ()) -> None:
-    """Raise ValueError unless `method` is a solver name (or one of `extra`)."""
+def check_method(owner: str, name: str, method: str, extra: tuple[str, ...] = (), adaptive: bool = False) -> None:
+    """Raise ValueError unless `method` is a solver name (or one of `extra`) and, when
+    `adaptive` (no fixed step given), one with an error estimate."""
     if method in extra:
         return
     if not isinstance(method, str):
         raise ValueError(f"{owner}: {name} must be a solver name (a string), got {method!r}")
     try:
-        make_stepper(method)
+        stepper = make_stepper(method)
     except ValueError as err:
         more = f" (or {', '.join(map(repr, extra))})" if extra else ""
         raise ValueError(f"{owner}: {name}={method!r}: {err}{more}") from None
+    if adaptive and not stepper.adaptive:
+        raise ValueError(f"{owner}: {name}={method!r} has no error estimate, so it needs a fixed step "
+                         "(dt=..., or adjoint_dt=... for the adjoint), or choose an adaptive method "
+                         "(dopri5, tsit5, bosh3, heun, dop853, dopri8, rodas5p, ...)")
 
 
 def check_tolerances(owner: str, rtol, atol, prefix: str = "") -> None:
