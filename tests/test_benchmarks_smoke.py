@@ -99,16 +99,23 @@ def _check_pareto(result, primary, labels=PARETO_LABELS):
         assert all(math.isfinite(n) for n in _numbers(table))
 
 
-def test_pareto_smoke_lqr(tmp_path):
+@pytest.mark.parametrize("gain, primary", [(None, "param_error"), ("optimal", "full_error")], ids=["default", "optimal"])
+def test_pareto_smoke_lqr(tmp_path, capsys, gain, primary):
+    """The default is the README's headline case, the perturbed gain; at the optimum
+    dL/dtheta ~ 1e-8 and the floors are read on [dL/dx0, dL/dtheta]."""
     from benchmarks import pareto
 
-    pareto.main(["--smoke", "--env", "lqr", "--out", str(tmp_path)])
-    result = _read_outputs(tmp_path, "pareto_lqr_optimal")
-    _check_pareto(result, primary="full_error")   # at the optimum dL/dtheta ~ 1e-8
+    pareto.main(["--smoke", "--env", "lqr", "--out", str(tmp_path)] + (["--gain", gain] if gain else []))
+    result = _read_outputs(tmp_path, f"pareto_lqr_{gain or 'perturbed'}")
+    _check_pareto(result, primary=primary)
     assert result["reference"].startswith("exact")
     # CTPG at 1e-3 against the exact gradient
     ctpg = {p["setting"]: p for p in result["curves"]["CTPG-dopri5"]}
-    assert ctpg[1e-3]["full_error"] < 1e-2
+    assert ctpg[1e-3][primary] < 1e-2
+    out = capsys.readouterr().out
+    assert "param err / full err: relative error of dL/dtheta" in out and "ok: initial states" in out
+    assert ": None" not in out                     # an unreached floor reads n/a, with its meaning
+    assert "[pareto] state 1/1, point 1/" in out and "ETA" in out
 
 
 def test_pareto_smoke_nonlinear_reference_checked(tmp_path, capsys):
