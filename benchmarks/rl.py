@@ -21,9 +21,11 @@ reading; median over seeds).
 
     ctpg bench rl --env pendulum [--smoke | --full] [--methods ctpg sac ppo] [--seeds 5] [--budget 300]
 
-Full budget: 5 seeds x 300 s per method; with 3 methods 15 runs, two at a time, about
-40-50 min per environment including evaluations (60-85 min with the two actor-critic
-methods). Writes <out>/rl_<env>.json and .png; run directories under <out>/runs/.
+Full budget: 5 seeds x 300 s per method; with 3 methods 15 runs, two at a time (8 slots of
+300 s plus 25-100 s of evaluations: 10 evaluations x 5 episodes of 100-512 accurate steps),
+an estimated 45-55 min per environment on 2 free cores, 75-90 min with the two actor-critic
+methods (estimated from the per-step costs, not measured as a whole). Writes
+<out>/rl_<env>.json and .png; run directories under <out>/runs/.
 """
 from __future__ import annotations
 
