@@ -158,6 +158,9 @@ def floors(by_method: dict, summary: dict, clock_axis: str = "wall_time") -> dic
         out[f"time_fraction_to_{rl}_final"] = float(np.median(ratios))
         out[f"time_fraction_to_{rl}_final_per_seed"] = ratios
         out[f"within_tenth_of_{rl}_time"] = bool(np.median(ratios) <= 0.1)
+        # a baseline that barely left its untrained return makes the time ratio say little
+        first = float(np.median([r["history"][0]["return"] for r in by_method[rl] if r["error"] is None]))
+        out[f"{rl}_gain_over_untrained"] = summary[rl]["final_return"]["median"] - first
     return out
 
 
