@@ -150,10 +150,12 @@ def train_ctpg(env: str, seed: int, wall_budget_s: float, out_dir, *, eval_point
     """Today's trainer (agents.train, the environment's defaults, `overrides` on top) until
     the budget or its own iteration count, whichever comes first. With algo="actor-critic"
     in `overrides` it is the windowed actor-critic (not on this branch yet)."""
+    from torch.utils import tensorboard  # noqa: F401  imported before the clock starts: a process cost
+
     import agents
     from agents.builders import make_system
-    from agents.trainer import build_policy
     from agents.config import FIELD_NAMES
+    from agents.trainer import build_policy
     # the policy is built here, as agents.train would (same config, same seed), so that the
     # progress callback can evaluate it; a branch without the `algo` setting raises in train
     config = agents.resolve_config(env, estimator, **{k: v for k, v in overrides.items()
@@ -161,7 +163,6 @@ def train_ctpg(env: str, seed: int, wall_budget_s: float, out_dir, *, eval_point
     system = make_system(config)
     torch.manual_seed(seed)                  # as agents.train seeds before building the policy
     policy = build_policy(config, system)
-    from torch.utils import tensorboard  # noqa: F401  imported before the clock starts: a process cost
     clock = Clock(clock)
     evaluator = Evaluator(env, wall_budget_s, eval_points, episodes, clock)
     evaluator.record(policy, None, 0)
