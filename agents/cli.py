@@ -40,6 +40,8 @@ BENCHMARKS = {
     "fitzhugh-nagumo": "benchmarks.fitzhugh_nagumo",
     "van-der-pol": "benchmarks.van_der_pol",
     "double-pendulum": "benchmarks.double_pendulum",
+    "rl": "benchmarks.rl",
+    "rl-integrators": "benchmarks.rl_integrators",
 }
 # Fields whose option is written by hand (env: checked against the registry).
 _SPECIAL = {"env"}

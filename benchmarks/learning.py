@@ -170,13 +170,13 @@ def horizon(env: str) -> float:
     return envs.make(env).horizon
 
 
-def band(runs: list[dict], axis: str, points: int = 60) -> dict:
-    """Median and 25/75 % quantiles of the cost across seeds on a common grid of `axis`
-    (each seed's curve linearly interpolated; the grid stops at the shortest run)."""
+def band(runs: list[dict], axis: str, points: int = 60, value: str = "cost") -> dict:
+    """Median and 25/75 % quantiles of `value` (the cost) across seeds on a common grid of
+    `axis` (each seed's curve linearly interpolated; the grid stops at the shortest run)."""
     end = min(run["history"][-1][axis] for run in runs)
     grid = np.linspace(0.0, end, points)
     costs = np.array([np.interp(grid, [h[axis] for h in run["history"]],
-                                [h["cost"] for h in run["history"]]) for run in runs])
+                                [h[value] for h in run["history"]]) for run in runs])
     q25, q50, q75 = (np.nanquantile(costs, q, axis=0) for q in (0.25, 0.5, 0.75))
     return dict(x=grid.tolist(), median=q50.tolist(), q25=q25.tolist(), q75=q75.tolist())
 

@@ -5,7 +5,13 @@
 - Control interval dt: the action is held constant (zero-order hold) over
   [t, t + dt] and the closed loop dx/dt = f(x, u) is integrated together with the
   accrued cost dc/dt = w(x, u) by `ctpg.solvers.solve` (adaptive Dormand-Prince 5(4),
-  rtol = atol = 1e-8 by default; `substep=h` gives fixed steps of size <= h instead).
+  rtol = atol = 1e-8 by default; `substep=h` gives fixed steps of size <= h instead,
+  `substeps=k` k equal fixed steps per interval: `method="rk4", substeps=1` is the
+  fast integrator the RL baselines use, benchmarks/rl_integrators.py measures its
+  error against the accurate step per environment).
+- Oracle counts: every f evaluation of the solver inside `step` is counted on
+  `env.unwrapped.system.counter` (ctpg.system.OracleCounter, cumulative; MuJoCo calls
+  in sim_calls); info["f_evals"] holds the step's own.
 - reward = -(int_t^{t+dt} w dt), minus J(x(T)) as well on the last step, so the
   undiscounted return of an episode is minus the system's cost of the sampled
   (piecewise-constant) control signal.
@@ -81,8 +87,8 @@ class ControlEnv(gymnasium.Env):
     """A ControlSystem (or an `envs.make` name plus constructor overrides) as a gymnasium.Env.
 
     Args: system, name or instance; dt, the control interval, which must divide the
-    horizon; method, rtol, atol, substep, the integration inside `step` (see the module
-    docstring); dtype, np.float64 or np.float32, of the spaces, observations and the
+    horizon; method, rtol, atol, substep or substeps (not both), the integration inside
+    `step` (see the module docstring); dtype, np.float64 or np.float32, of the spaces, observations and the
     action box; render_mode, None or "rgb_array"; drawing, one of DRAWINGS
     (default: "system" if the system has a `render` method, else "xy");
     render_width, render_height in pixels; **overrides, passed to `envs.make`.
@@ -92,11 +98,12 @@ class ControlEnv(gymnasium.Env):
 
     def __init__(self, system: str | ControlSystem = "lqr", *, dt: float = 0.05,
                  method: str = "dopri5", rtol: float = 1e-8, atol: float = 1e-8,
-                 substep: float | None = None, dtype=np.float64, render_mode: str | None = None,
+                 substep: float | None = None, substeps: int | None = None, dtype=np.float64, render_mode: str | None = None,
                  drawing: str | None = None, render_width: int = 320, render_height: int = 240,
                  **overrides):
         self.system = _build_system(system, overrides)
         self.dt, self.n_steps = _control_interval(dt, self.system.horizon)
+        substep = _fixed_step(substep, substeps, self.dt)
         self.solver_options = ({"method": method, "dt": substep} if substep is not None
                                else {"method": method, "rtol": rtol, "atol": atol})
         self.render_mode = _check_render_mode(render_mode)
@@ -126,7 +133,7 @@ class ControlEnv(gymnasium.Env):
             raise RuntimeError(f"the episode ended at the horizon T={self.system.horizon} "
                                f"({self.n_steps} steps); call reset() to start a new one")
         u, clipped = self._action_tensor(action)
-        t0 = self._steps * self.dt
+        t0, f_before = self._steps * self.dt, self.system.counter.f_evals
         self._x, cost = self._integrate(self._x, u, t0)
         self._steps += 1
         truncated = self._steps == self.n_steps
@@ -135,7 +142,8 @@ class ControlEnv(gymnasium.Env):
         obs = self._observation(self._x)
         self._path.append(self._state(self._x))
         self._u = u[0].detach().cpu().numpy()
-        info = {"t": self._steps * self.dt, "cost": cost, "action_clipped": clipped}
+        info = {"t": self._steps * self.dt, "cost": cost, "action_clipped": clipped,
+                "f_evals": self.system.counter.f_evals - f_before}
         return obs, -cost, False, truncated, info
 
     def render(self):
@@ -230,6 +238,19 @@ def _control_interval(dt: float, horizon: float):
         raise ValueError(f"the horizon T={horizon} is not a whole number of control intervals "
                          f"dt={dt}; pick a dt that divides T, e.g. dt={suggestion:.6g}")
     return float(dt), n
+
+
+def _fixed_step(substep, substeps, dt: float):
+    """The fixed step size inside `step`, from a size or a count per interval (None: adaptive)."""
+    if substeps is None:
+        return substep
+    if substep is not None:
+        raise ValueError(f"give substep (a step size) or substeps (steps per interval), not both: "
+                         f"substep={substep}, substeps={substeps}")
+    if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
+        raise ValueError(f"substeps must be a positive integer (fixed steps per control interval), "
+                         f"got {substeps!r}; e.g. substeps=1 with method='rk4'")
+    return dt / substeps
 
 
 def _check_render_mode(render_mode):

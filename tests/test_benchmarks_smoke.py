@@ -339,3 +339,43 @@ def test_double_pendulum_smoke(tmp_path):
     assert all(0 < v <= result["config"]["track_seconds"] + 1e-9 for v in s["valid_time"])
     assert [h["window"] for h in result["history"]] == [2, 4]       # the curriculum's stages, in order
     assert len(result["tracking"]["error"][0]) == len(result["tracking"]["t"])
+
+
+# ---------------------------------------------------------------- benchmarks/rl.py
+def test_rl_smoke(tmp_path):
+    """`ctpg bench rl --smoke` in this process: every default method trains on its budget and is
+    evaluated through the same accurate gym episodes; ctpg's first point is the seeded
+    untrained policy's return, computed independently here."""
+    pytest.importorskip("stable_baselines3")
+    import agents
+    from agents.builders import make_system
+    from agents.replay import gym_episodes
+    from agents.trainer import build_policy
+    from benchmarks import rl, rl_methods
+
+    rl.main(["--env", "pendulum", "--smoke", "--budget", "1", "--workers", "0", "--clock", "cpu",
+             "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "rl_pendulum")
+    assert result["budget"] == "smoke" and set(result["summary"]) == set(rl_methods.DEFAULT_METHODS)
+    for run in result["runs"]:
+        assert run["error"] is None, run["error"]
+        history = run["history"]
+        assert len(history) >= 2 and history[0]["oracle_evals"] == 0
+        assert all(a["cpu_time"] <= b["cpu_time"] for a, b in zip(history, history[1:]))
+        assert all(a["oracle_evals"] <= b["oracle_evals"] for a, b in zip(history, history[1:]))
+        assert history[-1]["oracle_evals"] > 0 and history[-1]["cpu_time"] >= 1.0
+        assert all(math.isfinite(h["return"]) and h["cost"] == -h["return"] for h in history)
+        if run["method"] == "ctpg":
+            assert all(h["env_steps"] is None for h in history)
+        else:
+            assert history[-1]["env_steps"] > 0
+    config = agents.resolve_config("pendulum")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    policy = build_policy(config, make_system(config))
+    fresh = gym_episodes(config, policy, {}, result["config"]["episodes"], seed=rl_methods.EVAL_SEED)
+    ctpg_run = next(r for r in result["runs"] if r["method"] == "ctpg")
+    assert ctpg_run["history"][0]["return"] == pytest.approx(sum(fresh.returns) / len(fresh.returns), rel=1e-12)
+    assert {"cpu_time", "oracle_evals"} <= set(result["curves"]["ctpg"])
+    assert {"cpu_time", "env_steps", "oracle_evals"} <= set(result["curves"]["sac"])
+    assert isinstance(result["floor"]["beats_sac"], bool) and isinstance(result["floor"]["beats_ppo"], bool)
