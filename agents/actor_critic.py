@@ -13,7 +13,10 @@ Resets. Every actor carries its episode time; an actor starts afresh from
 system.sample_initial_state at the next window when its episode time reaches the
 episode horizon T (a timeout: its targets bootstrap from V'(x(t+H)), as the task goes
 on beyond T in the discounted problem V solves) or when x(t+H) leaves the system's
-valid region, `system.valid` (a termination: no bootstrap, G_K = 0). A window whose
+valid region, `system.valid` (a termination: no bootstrap, G_K = 0). With explore_starts = p > 0, a restart is drawn
+from system.sample_exploration_state (a wider distribution: exploring starts) with
+probability p, so the critic also learns the value of states the policy does not reach
+yet (the upright pendulum before it can swing up). A window whose
 forward pass failed (NaN, solver error) resets all its actors. The resets draw from the
 Trainer's generator, so they are part of the checkpointed RNG state.
 
@@ -44,7 +47,7 @@ class ActorCritic:
         self.problem = WindowProblem(system, self.target, config.window, config.discount)
         self.policy = WindowPolicy(policy, system.state_dim)
         self.params = [p for p in policy.parameters() if p.requires_grad]
-        self.states = system.sample_initial_state(config.batch_size, generator)
+        self.states = self._fresh(config.batch_size)
         self.episode_time = self.states.new_zeros(config.batch_size)
         self.episodes = 0
 
@@ -90,10 +93,21 @@ class ActorCritic:
                 "window/terminated": int(terminated.sum()), "window/timeouts": int((timeout & ~terminated).sum()),
                 "window/episodes": self.episodes, "window/episode_time_mean": float(self.episode_time.mean())}
 
+    def _fresh(self, n: int) -> torch.Tensor:
+        """n restart states: each from system.sample_exploration_state with probability
+        `explore_starts`, else from sample_initial_state (both drawn, so the generator
+        advances the same way whatever the coin says)."""
+        initial = self.system.sample_initial_state(n, self.generator)
+        if not self.config.explore_starts:
+            return initial
+        wide = self.system.sample_exploration_state(n, self.generator)
+        coin = torch.rand(n, generator=self.generator, dtype=initial.dtype, device=initial.device)
+        return torch.where((coin < self.config.explore_starts)[:, None], wide, initial)
+
     def _carry(self, end: torch.Tensor, reset: torch.Tensor) -> None:
-        fresh = self.system.sample_initial_state(int(reset.sum()), self.generator) if bool(reset.any()) else None
         self.states = end.detach().clone()
-        self.states[reset] = fresh if fresh is not None else self.states[reset]
+        if bool(reset.any()):
+            self.states[reset] = self._fresh(int(reset.sum()))
         self.episode_time = torch.where(reset, torch.zeros_like(self.episode_time), self.episode_time)
         self.episodes += int(reset.sum())
 

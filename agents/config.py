@@ -70,6 +70,8 @@ class TrainConfig:
     critic_lr: float = _opt(1e-3, "actor-critic: Adam learning rate of the critic")
     critic_epochs: int = _opt(5, "actor-critic: passes over each window's targets")
     critic_minibatches: int = _opt(4, "actor-critic: minibatches per pass")
+    explore_starts: float = _opt(0.0, "actor-critic: fraction of episode restarts drawn from the system's wider "
+                                      "sample_exploration_state (exploring starts) instead of its initial states")
     target_alpha: float = _opt(0.2, "actor-critic: Polyak factor of the target critic, "
                                     "target <- alpha target + (1 - alpha) critic after each window")
     optimizer: str = _opt("adam", "torch optimiser", choices=OPTIMIZERS)
@@ -150,7 +152,10 @@ ENV_DEFAULTS: dict[str, dict] = {
 # Settings of the actor-critic, per environment (layered over ENV_DEFAULTS when
 # algo="actor-critic"); README, "Which algorithm", says how they were chosen.
 AC_DEFAULTS: dict[str, dict] = {
-    "pendulum": dict(window=1.0, discount=0.5, iters=1000),
+    # swing-up: windows of 2 s (about one swing), a discount horizon 1/rho = 10 s (longer
+    # than the 5 s episode, so swinging up pays against hanging: 2/rho), every restart on
+    # the whole circle (exploring starts) so that the critic learns the upright value
+    "pendulum": dict(window=2.0, discount=0.1, explore_starts=1.0, iters=1000),
 }
 AC_GENERIC = dict(window=1.0)
 
@@ -224,7 +229,7 @@ def validate(config: TrainConfig) -> None:
     for name in ("discount",):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
-    for name in ("td_lambda", "target_alpha"):
+    for name in ("td_lambda", "target_alpha", "explore_starts"):
         if not 0 <= getattr(config, name) <= 1:
             raise ConfigError(f"{name} must lie in [0, 1], got {getattr(config, name)!r}")
     if config.algo == "actor-critic" and config.window is None:

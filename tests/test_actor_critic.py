@@ -203,6 +203,18 @@ def test_carried_states_continue_and_reset_at_the_horizon(tmp_path):
         assert math.isfinite(scalars[key])
 
 
+def test_exploring_starts_draw_restarts_from_the_wider_distribution():
+    system = envs.make("pendulum")
+    torch.manual_seed(0)
+    policy = agents.make_policy(system)
+    for p, wide in ((0.0, False), (1.0, True)):
+        config = resolve_config("pendulum", "ctpg", algo="actor-critic", batch_size=256, explore_starts=p)
+        ac = ActorCritic(config, system, policy, torch.Generator().manual_seed(0), horizon=5.0)
+        outside = (ac.states[:, 0].abs() > math.pi / 4) | (ac.states[:, 1].abs() > 0.5)
+        assert bool(outside.any()) == wide
+        assert bool((ac.states[:, 0].abs() <= math.pi).all() and (ac.states[:, 1].abs() <= 2.0).all())
+
+
 class _Bounded(Pendulum):
     """A pendulum whose valid region is |theta'| < 0.3: most windows leave it."""
 
@@ -269,7 +281,8 @@ def test_actor_critic_settings_are_checked():
         resolve_config("pendulum", algo="actor-critic", td_lambda=1.5)
     with pytest.raises(ConfigError, match="window"):
         resolve_config("pendulum", algo="actor-critic", window=-1.0)
-    assert resolve_config("pendulum", algo="actor-critic").window == 1.0
+    assert resolve_config("pendulum", algo="actor-critic").window == 2.0
+    assert resolve_config("cartpole", algo="actor-critic").window == 1.0     # the generic default
     assert resolve_config("pendulum").algo == "full-horizon"
     with pytest.raises(ConfigError, match="one process"):
         agents.train("pendulum", algo="actor-critic", nproc=2, iters=1, batch_size=4)
