@@ -311,3 +311,22 @@ def test_nan_window_is_skipped_and_restarts_the_actors(tmp_path):
     assert result.skipped_steps >= 1 and result.status == "completed"
     restarts = [it for it in result.iterations if "window/restarts" in it]
     assert restarts and restarts[0]["window/restarts"] == 8
+
+
+@pytest.mark.parametrize("make", [lambda: ctpg.CTPG(rtol=1e-8, atol=1e-10), lambda: ctpg.Backsolve(checkpoints=3),
+                                  lambda: ctpg.BPTT(dt=0.05), lambda: ctpg.BPTT(dt=0.05, method="semi-implicit-euler")],
+                         ids=["ctpg", "backsolve", "bptt", "bptt-semi-implicit"])
+def test_keep_path_returns_the_forward_pass_path(make):
+    """info.path ends at the forward pass's x(T) and accrued cost (its per-sample cost here,
+    J = 0), starts at x0, and is only kept when asked for."""
+    system = envs.make("electric")
+    torch.manual_seed(0)
+    policy = agents.make_policy(system)
+    x0 = system.sample_initial_state(3, torch.Generator().manual_seed(0))
+    estimator = make()
+    _, info = estimator(system, policy, x0, 0.6, keep_path=True)
+    d = system.state_dim
+    assert torch.allclose(info.path.evaluate(0.6)[:, d], info.costs - system.terminal_cost(info.path.evaluate(0.6)[:, :d]))
+    assert torch.allclose(info.path.evaluate(0.0)[:, :d], x0)
+    assert not info.path.coefs.requires_grad
+    assert estimator(system, policy, x0, 0.6)[1].path is None
