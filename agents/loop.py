@@ -12,6 +12,9 @@ never reaches the parameters: the step is skipped and counted, and after
 the next iteration boundary with status "interrupted", after writing a checkpoint (a
 second Ctrl-C aborts at once). Runs are reproducible under a seed, and a run resumed
 from its checkpoint ends with parameters bitwise equal to an uninterrupted run's.
+With algo="actor-critic" an iteration is one window from the carried states instead
+(agents.actor_critic: its `estimate` replaces the full-horizon estimate, its
+`after_window` fits the critic and carries the states on, and its state is checkpointed).
 """
 from __future__ import annotations
 
@@ -130,7 +133,8 @@ class Trainer:
         """One optimiser step (or a counted skip); returns this iteration's scalars.
 
         The batch is drawn whole and this process keeps its shard (all of it in a
-        single process); counts and costs are combined over the processes."""
+        single process); counts and costs are combined over the processes. The
+        actor-critic's batch is its carried states (one process only)."""
         x0 = (self.system.sample_initial_state(self.config.batch_size, self.generator)
               if self.actor_critic is None else self.actor_critic.states)
         x0 = self.group.shard(x0)
