@@ -181,7 +181,8 @@ def _ac(tmp_path, name="run", **kw):
 def test_carried_states_continue_and_reset_at_the_horizon(tmp_path):
     """Windows of 0.5 s, episodes of T = 1 s: after window 1 the states are window 1's
     x(H); after window 2 every episode times out and restarts from a fresh draw."""
-    config = resolve_config("pendulum", "ctpg", algo="actor-critic", batch_size=4, window=0.5, critic_points=5)
+    config = resolve_config("pendulum", "ctpg", algo="actor-critic", batch_size=4, window=0.5, critic_points=5,
+                            explore_starts=0.0)
     system = envs.make("pendulum")
     torch.manual_seed(0)
     policy = agents.make_policy(system)
@@ -223,7 +224,8 @@ class _Bounded(Pendulum):
 
 
 def test_leaving_the_valid_region_terminates_without_bootstrap():
-    config = resolve_config("pendulum", "ctpg", algo="actor-critic", batch_size=6, window=0.5, critic_points=4)
+    config = resolve_config("pendulum", "ctpg", algo="actor-critic", batch_size=6, window=0.5, critic_points=4,
+                            explore_starts=0.0)
     system = _Bounded()
     torch.manual_seed(0)
     ac = ActorCritic(config, system, agents.make_policy(system, env="pendulum"), torch.Generator().manual_seed(0), 5.0)
