@@ -42,8 +42,10 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(run_dir, *, policy, optimizer, generator, counters: Counters,
-                    config: dict, history: list, env_kwargs: dict | None = None) -> Path:
+                    config: dict, history: list, env_kwargs: dict | None = None,
+                    extra: dict | None = None) -> Path:
     """Write the run's state atomically to run_dir/checkpoint.pt; returns the path.
+    `extra` holds more of the training state under its own keys (the actor-critic's).
 
     Costs one torch.save of the parameters and optimiser moments (a few KB to MB).
     """
@@ -57,6 +59,7 @@ def save_checkpoint(run_dir, *, policy, optimizer, generator, counters: Counters
         "config": dict(config),
         "history": list(history),
         "env_kwargs": dict(env_kwargs or {}),
+        **(extra or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as file:

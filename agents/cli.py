@@ -23,7 +23,7 @@ import importlib
 import signal
 import sys
 
-from agents.config import CTPG_DEFAULTS, ENV_DEFAULTS, ConfigError, TrainConfig
+from agents.config import AC_DEFAULTS, CTPG_DEFAULTS, ENV_DEFAULTS, ConfigError, TrainConfig
 
 EXIT_INTERRUPTED = 130   # the shell's code for a process stopped by SIGINT
 
@@ -83,6 +83,7 @@ def _env_name(text: str) -> str:
 def _per_env_note(name: str) -> str:
     values = [f"{env} {table[name]}" for env, table in ENV_DEFAULTS.items() if name in table]
     values += [f"{env} {table[name]} with ctpg" for env, table in CTPG_DEFAULTS.items() if name in table]
+    values += [f"{env} {table[name]} with actor-critic" for env, table in AC_DEFAULTS.items() if name in table]
     return f"; per env: {', '.join(values)}" if values else ""
 
 
@@ -91,7 +92,7 @@ def _add_field(group, f: dataclasses.Field) -> None:
     default = f.default
     help_text = f"{f.metadata['help']} (default: {default}{_per_env_note(f.name)})"
     kwargs = dict(help=help_text, default=argparse.SUPPRESS, dest=f.name)
-    if f.name == "hidden":
+    if f.name in ("hidden", "critic_hidden"):
         kwargs.update(type=_widths, metavar="W1,W2")
     elif isinstance(default, bool):
         kwargs.update(action=argparse.BooleanOptionalAction)

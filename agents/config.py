@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 ESTIMATORS = ("ctpg", "bptt", "backsolve")
+ALGOS = ("full-horizon", "actor-critic")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "exponential")
 CLIP_MODES = ("norm", "value")
@@ -34,6 +35,10 @@ class TrainConfig:
 
     env: str = _opt("diffdrive", "environment name, one of envs.names()")
     estimator: str = _opt("ctpg", "gradient estimator", choices=ESTIMATORS)
+    algo: str = _opt("full-horizon", "full-horizon: the estimator's gradient of the whole horizon's cost from "
+                                     "fresh starts; actor-critic: windows of --window seconds from carried "
+                                     "states with a learned critic as terminal cost (agents.actor_critic)",
+                     choices=ALGOS)
     iters: int = _opt(1000, "number of optimiser iterations (total, including any resumed part)")
     batch_size: int = _opt(32, "initial states sampled per iteration")
     horizon: float | None = _opt(None, "time horizon T (none: the environment's own)")
@@ -58,6 +63,19 @@ class TrainConfig:
     sync_every: int | None = _opt(None, "ctpg: keep the adaptive step control on the device and read it back "
                                         "every this many step attempts instead of every step (GPUs; explicit "
                                         "methods)")
+    window: float | None = _opt(None, "actor-critic: window length H in seconds (none: the environment's default)")
+    discount: float = _opt(0.5, "actor-critic: discount rate rho (1/s) of the running cost e^{-rho s} w")
+    td_lambda: float = _opt(0.95, "actor-critic: lambda of the critic's TD(lambda) targets")
+    critic_points: int = _opt(20, "actor-critic: target times per window the critic is fitted at "
+                                  "(read from the stored path; backsolve: its checkpoints)")
+    critic_hidden: tuple[int, ...] = _opt((64, 64), "actor-critic: hidden widths of the critic MLP")
+    critic_lr: float = _opt(1e-3, "actor-critic: Adam learning rate of the critic")
+    critic_epochs: int = _opt(5, "actor-critic: passes over each window's targets")
+    critic_minibatches: int = _opt(4, "actor-critic: minibatches per pass")
+    explore_starts: float = _opt(0.0, "actor-critic: fraction of episode restarts drawn from the system's wider "
+                                      "sample_exploration_state (exploring starts) instead of its initial states")
+    target_alpha: float = _opt(0.2, "actor-critic: Polyak factor of the target critic, "
+                                    "target <- alpha target + (1 - alpha) critic after each window")
     optimizer: str = _opt("adam", "torch optimiser", choices=OPTIMIZERS)
     lr: float = _opt(1e-3, "learning rate")
     momentum: float = _opt(0.9, "momentum of sgd (and rmsprop)")
@@ -133,6 +151,16 @@ ENV_DEFAULTS: dict[str, dict] = {
     ),
 }
 
+# Settings of the actor-critic, per environment (layered over ENV_DEFAULTS when
+# algo="actor-critic"); README, "Which algorithm", says how they were chosen.
+AC_DEFAULTS: dict[str, dict] = {
+    # swing-up: windows of 2 s (about one swing), a discount horizon 1/rho = 10 s (longer
+    # than the 5 s episode, so swinging up pays against hanging: 2/rho), every restart on
+    # the whole circle (exploring starts) so that the critic learns the upright value
+    "pendulum": dict(window=2.0, discount=0.1, explore_starts=1.0, iters=600),
+}
+AC_GENERIC = dict(window=1.0)
+
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
@@ -146,10 +174,14 @@ CTPG_DEFAULTS: dict[str, dict] = {
 }
 
 
-def env_defaults(env: str, estimator: str = "ctpg") -> dict:
+def env_defaults(env: str, estimator: str = "ctpg", algo: str = "full-horizon") -> dict:
     """A copy of the per-environment settings of `env` (with the ctpg estimator's own where
-    `estimator` is ctpg); {} for an unlisted env."""
-    return dict(ENV_DEFAULTS.get(env, {}), **(CTPG_DEFAULTS.get(env, {}) if estimator == "ctpg" else {}))
+    `estimator` is ctpg, and the actor-critic's where `algo` is actor-critic); {} for an
+    unlisted env."""
+    values = dict(ENV_DEFAULTS.get(env, {}), **(CTPG_DEFAULTS.get(env, {}) if estimator == "ctpg" else {}))
+    if algo == "actor-critic":
+        values.update(AC_GENERIC, **AC_DEFAULTS.get(env, {}))
+    return values
 
 
 class ConfigError(ValueError):
@@ -169,10 +201,11 @@ def resolve_config(env: str = "diffdrive", estimator: str = "ctpg", **overrides)
                           f"known: {', '.join(FIELD_NAMES)}")
     if estimator not in ESTIMATORS:
         raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-    values = env_defaults(env, estimator)
+    values = env_defaults(env, estimator, overrides.get("algo", "full-horizon"))
     values.update(overrides)
-    if "hidden" in values:
-        values["hidden"] = tuple(int(w) for w in values["hidden"])
+    for name in ("hidden", "critic_hidden"):
+        if name in values:
+            values[name] = tuple(int(w) for w in values[name])
     config = TrainConfig(env=env, estimator=estimator, **values)
     validate(config)
     return config
@@ -186,7 +219,8 @@ def validate(config: TrainConfig) -> None:
         if choices and value not in choices:
             raise ConfigError(f"{f.name}={value!r} is not one of {', '.join(choices)}")
     positive = ("iters", "batch_size", "lr", "rtol", "atol", "dt", "eval_batch",
-                "eval_rtol", "eval_atol", "checkpoint_every", "max_bad_steps")
+                "eval_rtol", "eval_atol", "checkpoint_every", "max_bad_steps", "critic_points",
+                "critic_lr", "critic_epochs", "critic_minibatches")
     for name in positive:
         if not getattr(config, name) > 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)!r}")
@@ -194,7 +228,17 @@ def validate(config: TrainConfig) -> None:
                  "threads"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
-    for name in ("horizon", "clip", "max_oracle_evals", "max_wall_time", "log_every", "solver_dt"):
+    for name in ("discount",):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)!r}")
+    for name in ("td_lambda", "target_alpha", "explore_starts"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise ConfigError(f"{name} must lie in [0, 1], got {getattr(config, name)!r}")
+    if config.algo == "actor-critic" and config.window is None:
+        raise ConfigError("algo='actor-critic' needs a window length: pass window=1.0 (--window 1.0)")
+    if any(w <= 0 for w in config.critic_hidden):
+        raise ConfigError(f"critic_hidden widths must be positive, got {config.critic_hidden}")
+    for name in ("horizon", "clip", "max_oracle_evals", "max_wall_time", "log_every", "solver_dt", "window"):
         value = getattr(config, name)
         if value is not None and not value > 0:
             raise ConfigError(f"{name} must be positive (or unset), got {value!r}")

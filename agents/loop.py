@@ -14,6 +14,9 @@ checkpoint (a second signal aborts at once). When another process of a data-para
 run dies, rank 0 writes the checkpoint of the last iteration boundary and the run ends
 with agents.distributed.PeerFailure, saying how to resume. Runs are reproducible under a seed, and a run resumed
 from its checkpoint ends with parameters bitwise equal to an uninterrupted run's.
+With algo="actor-critic" an iteration is one window from the carried states instead
+(agents.actor_critic: its `estimate` replaces the full-horizon estimate, its
+`after_window` fits the critic and carries the states on, and its state is checkpointed).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from ctpg.errors import NonFiniteError, SolverError
 
 from agents import checkpoint as ckpt
 from agents import distributed
+from agents.actor_critic import ActorCritic
 from agents.builders import learning_rate, make_estimator, make_optimizer
 from agents.config import TrainConfig
 from agents.evaluation import heldout_states, metrics, rollout
@@ -53,10 +57,15 @@ class Trainer:
         self.generator = torch.Generator(device=system.device).manual_seed(config.seed)
         self.horizon = config.horizon or system.horizon
         self.x0_eval = heldout_states(system, config.eval_batch, config.eval_seed) if main else None
+        # the actor-critic's windows replace the full-horizon estimate (agents.actor_critic)
+        self.actor_critic = (ActorCritic(config, system, policy, self.generator, self.horizon)
+                             if config.algo == "actor-critic" else None)
         self.counters, self.history = ckpt.Counters(), []
         if payload is not None:
             self.counters, self.history = ckpt.restore(
                 payload, policy=policy, optimizer=self.optimizer, generator=self.generator)
+            if self.actor_critic is not None:
+                self.actor_critic.load_state_dict(payload["actor_critic"])
         resume_step = None if payload is None else self.counters.step
         self.logger = RunLogger(run_dir, resume_step=resume_step) if main else NullLogger()
         if payload is None:
@@ -149,8 +158,10 @@ class Trainer:
         """One optimiser step (or a counted skip); returns this iteration's scalars.
 
         The batch is drawn whole and this process keeps its shard (all of it in a
-        single process); counts and costs are combined over the processes."""
-        x0 = self.system.sample_initial_state(self.config.batch_size, self.generator)
+        single process); counts and costs are combined over the processes. The
+        actor-critic's batch is its carried states (one process only)."""
+        x0 = (self.system.sample_initial_state(self.config.batch_size, self.generator)
+              if self.actor_critic is None else self.actor_critic.states)
         x0 = self.group.shard(x0)
         weight = x0.shape[0] / self.config.batch_size
         lr = learning_rate(self.config, self.counters.step)
@@ -177,6 +188,8 @@ class Trainer:
         for key in ckpt.ORACLE_KEYS:
             self.counters.oracle[key] += oracle[key]
         scalars = self.scalars(local, grad_norm, lr, oracle)
+        if self.actor_critic is not None:
+            scalars.update(self.actor_critic.after_window(info))
         self.logger.scalars(self.counters.step, scalars)
         self.iterations.append(dict(scalars, step=self.counters.step))
         return scalars
@@ -193,7 +206,8 @@ class Trainer:
         """
         info, ok = None, False
         try:
-            loss, info = self.estimator(self.system, self.policy, x0, self.horizon)
+            loss, info = (self.estimator(self.system, self.policy, x0, self.horizon) if self.actor_critic is None
+                          else self.actor_critic.estimate(self.estimator))
             if bool(torch.isfinite(loss.detach())):
                 loss.backward()
                 ok = True
@@ -275,7 +289,9 @@ class Trainer:
         ckpt.save_checkpoint(self.run_dir, policy=self.policy, optimizer=self.optimizer,
                              generator=self.generator, counters=self.counters,
                              config=self.config.to_dict(), history=self.history,
-                             env_kwargs=self.env_kwargs)
+                             env_kwargs=self.env_kwargs,
+                             extra=None if self.actor_critic is None else {
+                                 "actor_critic": self.actor_critic.state_dict()})
 
     def wall_time(self) -> float:
         return self._wall_before + time.perf_counter() - self._session_start

@@ -34,7 +34,7 @@ def load_run(run_dir, system=None, device: str = "cpu"):
     from agents.trainer import build_policy
     payload = ckpt.load_checkpoint(run_dir)
     saved = {**TrainConfig().to_dict(), **payload["config"]}
-    config = TrainConfig(**{**saved, "hidden": tuple(saved["hidden"])})
+    config = TrainConfig(**{**saved, "hidden": tuple(saved["hidden"]), "critic_hidden": tuple(saved["critic_hidden"])})
     if system is None:
         system = make_system(config, device=device, **payload.get("env_kwargs", {}))
     policy = build_policy(config, system)

@@ -107,11 +107,13 @@ def prepare_run(env, estimator, logdir, resume: bool, overrides: dict):
 
 def _resumed_config(saved: dict, env, estimator, overrides: dict) -> TrainConfig:
     # Fields added since the checkpoint was written take their defaults.
-    saved = {**TrainConfig().to_dict(), **saved, "hidden": tuple(saved["hidden"])}
+    saved = {**TrainConfig().to_dict(), **saved}
     requested = dict(overrides)
     requested.update({k: v for k, v in (("env", env), ("estimator", estimator)) if v is not None})
-    if "hidden" in requested:
-        requested["hidden"] = tuple(int(w) for w in requested["hidden"])
+    for widths in (saved, requested):
+        for key in ("hidden", "critic_hidden"):
+            if key in widths:
+                widths[key] = tuple(int(w) for w in widths[key])
     changed = sorted(k for k, v in requested.items() if k in saved and saved[k] != v)
     fixed = [k for k in changed if k not in RESUMABLE]
     if fixed:

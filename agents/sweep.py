@@ -39,7 +39,7 @@ def parse_value(key: str, text: str):
     if kind.endswith("| None") and text.lower() in ("none", "off"):
         return None
     try:
-        if key == "hidden":
+        if key in ("hidden", "critic_hidden"):
             return () if text.lower() in ("", "none", "linear") else tuple(int(w) for w in text.split("x"))
         if kind == "bool":
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):

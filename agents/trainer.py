@@ -64,6 +64,9 @@ def _launch(nproc, kwargs: dict, progress_fn) -> TrainResult:
 
 
 def _check_batch(config: TrainConfig, world_size: int) -> None:
+    if config.algo == "actor-critic" and world_size > 1:
+        raise ConfigError("algo='actor-critic' runs in one process: its carried states and critic are not "
+                          "shared among processes yet; drop --nproc (or use algo='full-horizon')")
     if config.batch_size < world_size:
         raise ConfigError(f"batch_size={config.batch_size} cannot be shared among {world_size} processes: "
                           "every process needs at least one initial state; raise --batch-size or lower --nproc")

@@ -157,6 +157,19 @@ class ControlSystem:
         rejecting steps across the jump. Default: none."""
         return []
 
+    def valid(self, x: torch.Tensor) -> torch.Tensor:
+        """bool [N]: whether each state lies in the system's valid region (an episode
+        that leaves it terminates; agents.actor_critic resets it without bootstrapping).
+        Default: every state is valid."""
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def sample_exploration_state(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[n,d] states from a wider distribution than the initial one, covering the
+        states a good policy passes through (the upright pendulum, say): where an
+        actor-critic may restart some episodes so that its critic learns their value
+        (exploring starts). Default: sample_initial_state."""
+        return self.sample_initial_state(n, generator)
+
     def sample_initial_state(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define sample_initial_state(n, generator)")
 

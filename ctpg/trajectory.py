@@ -59,6 +59,12 @@ class Trajectory:
         return cls(times, torch.stack(pad_degrees(pieces)))
 
     @classmethod
+    def through(cls, times: list[float], values: torch.Tensor) -> "Trajectory":
+        """The piecewise-linear path through `values` [S+1, N, ...] at `times`: exact at
+        the knots (a fixed-step method's steps, checkpoints), linear between them."""
+        return cls(list(times), torch.stack([values[:-1], values[1:] - values[:-1]], 1))
+
+    @classmethod
     def from_state(cls, state: dict) -> "Trajectory":
         """Rebuild from a dict holding this object's attributes (vars(trajectory))."""
         return cls(state["times"], state["coefs"])

@@ -102,6 +102,10 @@ class Pendulum(ControlSystem):
         return uniform(n, [-p.angle_range, -p.rate_range], [p.angle_range, p.rate_range],
                        generator, self.dtype, self.device)
 
+    def sample_exploration_state(self, n, generator=None):
+        """theta ~ U(-pi, pi), theta' ~ U(-2, 2): the whole circle (exploring starts)."""
+        return uniform(n, [-math.pi, -2.0], [math.pi, 2.0], generator, self.dtype, self.device)
+
     def safe_state_box(self):
         """(low, high) [2]: a box covering the whole swing, where f is smooth (test helper)."""
         high = torch.tensor([4.0, 6.0], dtype=self.dtype, device=self.device)

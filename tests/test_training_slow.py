@@ -41,3 +41,13 @@ def test_quadrotor_reaches_the_origin_upright(tmp_path):
 def test_cartpole_swings_up(tmp_path):
     result = agents.train("cartpole", "ctpg", logdir=tmp_path / "cartpole", quiet=True)
     assert result.final_eval["upright_fraction"] >= 0.8, result.final_eval
+
+
+def test_pendulum_actor_critic_swings_up(tmp_path):
+    """`ctpg train --env pendulum --algo actor-critic` (CTPG in 2 s windows with a critic,
+    exploring starts): >= 90% of the 64 held-out starts within 25 deg of upright at T = 5,
+    where full-horizon CTPG stalls at a bang-bang policy (0 of 64). Seed 0 measured 98.4%
+    after 600 iterations (about 2 minutes on the 2-core machine at load 3, 11 on a busy one)."""
+    result = agents.train("pendulum", "ctpg", algo="actor-critic", logdir=tmp_path / "pend", quiet=True)
+    assert result.config.window == 2.0 and result.config.discount == 0.1
+    assert result.final_eval["upright_fraction"] >= 0.9, result.final_eval

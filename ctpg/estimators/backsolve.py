@@ -8,6 +8,7 @@ from ctpg.estimators.base import Estimator
 from ctpg.estimators.closed_loop import adjoint_derivatives, closed_loop_rhs, clocked, terminal_adjoint
 from ctpg.solvers import solve
 from ctpg.solvers.options import check_method, check_positive, check_tolerances
+from ctpg.trajectory import Trajectory
 
 
 class Backsolve(Estimator):
@@ -52,14 +53,17 @@ class Backsolve(Estimator):
         system, x0, d = problem.system, problem.x0, problem.system.state_dim
         times = [problem.T * i / (self.checkpoints + 1) for i in range(self.checkpoints + 2)]
         y = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
-        states, accepted, rejected = [x0], 0, 0
+        states, knots, accepted, rejected = [x0], [y], 0, 0
         rhs = closed_loop_rhs(system, problem.policy)
         with torch.no_grad():
             for t0, t1 in zip(times[:-1], times[1:]):
                 sol = self._solve(rhs, y, t0, t1)
                 y, accepted, rejected = sol.y1, accepted + sol.steps_accepted, rejected + sol.steps_rejected
                 states.append(y[:, :d])
+                knots.append(y)
             costs = y[:, d] + system.terminal_cost(y[:, :d])
+        if problem.keep_path:   # y at the checkpoints only: x and c there, linear between
+            problem.path = Trajectory.through(times, torch.stack(knots))
         if problem.keep_for_backward:
             problem.saved.update(times=times, states=torch.stack(states))
         # x(T) and the interior checkpoints are kept; x0 is the caller's own tensor

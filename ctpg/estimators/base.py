@@ -49,6 +49,7 @@ class EstimateInfo:
     backward: PassStats | None = None
     stored_floats: int = 0
     reconstruction_error: torch.Tensor | None = None
+    path: object | None = None
 
     @property
     def oracle_evals(self) -> int:
@@ -136,9 +137,11 @@ class Estimator:
     name = "estimator"
 
     def __call__(self, system: ControlSystem, policy, x0: torch.Tensor, T: float | None = None,
-                 params: list[torch.Tensor] | None = None):
+                 params: list[torch.Tensor] | None = None, keep_path: bool = False):
         """Estimate; `params` (default: the policy's parameters and the system's own,
-        `system.parameters()`) are the tensors that receive gradients."""
+        `system.parameters()`) are the tensors that receive gradients. keep_path=True
+        also returns the forward pass's path in `info.path` (see EstimateInfo): what an
+        actor-critic reads its critic targets from, at no extra simulation."""
         T = system.horizon if T is None else float(T)
         self._check(system, x0, T)
         _check_deterministic(policy, self.name)
@@ -146,7 +149,7 @@ class Estimator:
         params = _unique(policy_parameters(policy) + system.parameters()) if params is None else list(params)
         own = {id(p) for p in system.parameters()}
         problem = Problem(system, saturated_policy(policy, system), x0.detach(), T, params,
-                          system_params=[p for p in params if id(p) in own])
+                          system_params=[p for p in params if id(p) in own], keep_path=keep_path)
         needs_grad = torch.is_grad_enabled() and (x0.requires_grad or any(p.requires_grad for p in params))
         problem.keep_for_backward = needs_grad
         loss = _EstimatorFunction.apply(self, problem, x0, *params)
@@ -200,6 +203,8 @@ class Problem:
     params: list
     system_params: list = dataclasses.field(default_factory=list)
     keep_for_backward: bool = True
+    keep_path: bool = False     # the forward pass sets `path` (EstimateInfo.path)
+    path: object | None = None
     info: EstimateInfo | None = None
     # what the backward pass needs: tensors go through ctx.save_for_backward, so torch
     # frees them after the backward pass unless retain_graph=True, as for any node
@@ -219,7 +224,8 @@ class _EstimatorFunction(torch.autograd.Function):
         (costs, accepted, rejected, stored), oracle, seconds = estimator._run(
             problem, "forward", lambda: estimator._forward(problem))
         problem.info = EstimateInfo(estimator.name, costs.detach(),
-                                    PassStats(oracle, accepted, rejected, seconds), stored_floats=stored)
+                                    PassStats(oracle, accepted, rejected, seconds), stored_floats=stored,
+                                    path=problem.path)
         ctx.estimator, ctx.problem = estimator, problem
         keys = [k for k, v in problem.saved.items() if isinstance(v, torch.Tensor)]
         ctx.save_for_backward(*(problem.saved.pop(k) for k in keys))

@@ -9,6 +9,7 @@ from ctpg.estimators.base import Estimator
 from ctpg.estimators.closed_loop import closed_loop_rhs
 from ctpg.solvers import solve
 from ctpg.solvers.options import check_method, check_positive
+from ctpg.trajectory import Trajectory
 
 
 SEMI_IMPLICIT = "semi-implicit-euler"
@@ -42,25 +43,30 @@ class BPTT(Estimator):
         check_positive("BPTT", "max_steps", max_steps, integer=True, optional=False)
         self.dt, self.method, self.max_steps = dt, method, max_steps
 
-    def _rollout(self, rhs, system, y0, T):
-        """(y(T), steps) of the rollout; method "semi-implicit-euler" is the symplectic
-        Euler of mechanical simulators (DiffTaichi): velocities first, then positions with
-        the new velocities, for systems that name their position/velocity pairs."""
+    def _rollout(self, rhs, system, y0, T, path: bool = False):
+        """(y(T), steps, the detached path y(t) if `path`, else None) of the rollout;
+        method "semi-implicit-euler" is the symplectic Euler of mechanical simulators
+        (DiffTaichi): velocities first, then positions with the new velocities, for
+        systems that name their position/velocity pairs. The path is the solver's dense
+        output (one more f call at the last step), linear between the symplectic steps."""
         if self.method != SEMI_IMPLICIT:
             sol = solve(rhs, y0, 0.0, T, method=self.method, dt=self.dt, max_steps=self.max_steps,
-                        tstops=system.breakpoints(T))
-            return sol.y1, sol.steps_accepted
+                        tstops=system.breakpoints(T), dense=path)
+            kept = Trajectory(sol.times, sol.trajectory.coefs.detach()) if path else None
+            return sol.y1, sol.steps_accepted, kept
         if system.position_velocity is None:
             raise ValueError(f"BPTT(method={SEMI_IMPLICIT!r}) needs {type(system).__name__}.position_velocity "
                              "(the indices of positions and of their velocities); use method='euler' otherwise")
         positions, velocities = (list(ix) for ix in system.position_velocity)
         n = max(1, math.ceil(T / self.dt - 1e-9))
-        h, y = T / n, y0
+        h, y, knots = T / n, y0, [y0.detach()]
         for i in range(n):
             y1 = y + h * rhs(i * h, y)                                 # Euler for everything ...
             moved = y[:, positions] + h * y1[:, velocities]            # ... but positions with v_{n+1}
             y = y1.index_copy(1, torch.tensor(positions, device=y.device), moved)
-        return y, n
+            knots += [y.detach()] if path else []
+        kept = Trajectory.through([i * h for i in range(n + 1)], torch.stack(knots)) if path else None
+        return y, n, kept
 
     def __repr__(self):
         return f"BPTT(dt={self.dt}, method={self.method!r})"
@@ -79,7 +85,7 @@ class BPTT(Estimator):
             x0 = problem.x0.detach().requires_grad_(problem.keep_for_backward)
             y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
             rhs = closed_loop_rhs(system, problem.policy, f=lambda x, u: system.f_autograd(x, u, own))
-            y1, steps = self._rollout(rhs, system, y0, problem.T)
+            y1, steps, problem.path = self._rollout(rhs, system, y0, problem.T, problem.keep_path)
             costs = y1[:, d] + system.terminal_cost(y1[:, :d])
         if problem.keep_for_backward:
             problem.saved.update(x0=x0, costs=costs)

@@ -130,11 +130,13 @@ class CTPG(Estimator):
         with torch.no_grad():
             sol = solve(rhs, y0, 0.0, problem.T, method=self.method,
                         rtol=self.rtol, atol=self.atol, dt=self.dt, max_steps=self.max_steps,
-                        dense=problem.keep_for_backward, jacobian=jacobian, autonomous=True,
+                        dense=problem.keep_for_backward or problem.keep_path, jacobian=jacobian, autonomous=True,
                         tstops=system.breakpoints(problem.T), per_sample=self.per_sample,
                         sync_every=self.sync_every, capture=capture)
             xT = sol.y1[:, :d]
             costs = sol.y1[:, d] + system.terminal_cost(xT)
+        if problem.keep_path:
+            problem.path = sol.trajectory
         stored = 0
         if problem.keep_for_backward:     # tensors, so that torch frees them after the backward pass
             problem.saved.update(vars(sol.trajectory), path_kind=type(sol.trajectory), xT=xT, first_step=(
