@@ -1,8 +1,8 @@
 """Head-to-head: ctpg against Stable-Baselines3 SAC and PPO on the same gymnasium envs (issue 20).
 
 Each method of benchmarks/rl_methods.py (METHODS: today's full-horizon CTPG trainer,
-SB3 SAC and PPO with rl-zoo's Pendulum-v1 settings; the actor-critic entries once
-agents.train(..., algo="actor-critic") exists) trains once per seed for the same
+SB3 SAC and PPO with rl-zoo's Pendulum-v1 settings, and the windowed actor-critic on
+CTPG and on BPTT (SHAC), agents.train(..., algo="actor-critic")) trains once per seed for the same
 wall-clock budget on one torch thread, `workers` runs side by side in separate
 processes. All are evaluated the same way: the mean return of the accurate gym env
 (dopri5, rtol 1e-8) over fixed reset seeds, the policy acting at every control

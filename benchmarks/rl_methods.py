@@ -149,7 +149,7 @@ def train_ctpg(env: str, seed: int, wall_budget_s: float, out_dir, *, eval_point
                clock: str = "wall", estimator: str = "ctpg", **overrides) -> list[dict]:
     """Today's trainer (agents.train, the environment's defaults, `overrides` on top) until
     the budget or its own iteration count, whichever comes first. With algo="actor-critic"
-    in `overrides` it is the windowed actor-critic (not on this branch yet)."""
+    in `overrides` it is the windowed actor-critic."""
     from torch.utils import tensorboard  # noqa: F401  imported before the clock starts: a process cost
 
     import agents
@@ -157,7 +157,7 @@ def train_ctpg(env: str, seed: int, wall_budget_s: float, out_dir, *, eval_point
     from agents.config import FIELD_NAMES
     from agents.trainer import build_policy
     # the policy is built here, as agents.train would (same config, same seed), so that the
-    # progress callback can evaluate it; a branch without the `algo` setting raises in train
+    # progress callback can evaluate it
     config = agents.resolve_config(env, estimator, **{k: v for k, v in overrides.items()
                                                       if k in FIELD_NAMES})
     system = make_system(config)
@@ -257,8 +257,7 @@ def train_sb3(algo: str):
     return method
 
 
-# name -> (method, label). ac-ctpg / ac-bptt need agents.train(..., algo="actor-critic")
-# from the actor-critic branch; they are listed but not in DEFAULT_METHODS until it is merged.
+# name -> (method, label).
 METHODS = {
     "ctpg": (train_ctpg, "CTPG, full horizon (agents.train defaults)"),
     "ac-ctpg": (train_actor_critic("ctpg"), "actor-critic on CTPG"),
@@ -266,4 +265,4 @@ METHODS = {
     "sac": (train_sb3("sac"), "SB3 SAC (rl-zoo Pendulum-v1)"),
     "ppo": (train_sb3("ppo"), "SB3 PPO (rl-zoo Pendulum-v1)"),
 }
-DEFAULT_METHODS = ("ctpg", "sac", "ppo")
+DEFAULT_METHODS = ("ac-ctpg", "ac-bptt", "ctpg", "sac", "ppo")
