@@ -111,14 +111,15 @@ def check_transversal(system, policy, event: HybridEvent, grazing: float) -> Non
 
 
 def solve_hybrid(rhs, system, policy, y0: torch.Tensor, T: float, *, event_tol: float, max_events: int,
-                 grazing: float, max_steps: int, dense: bool, first_step=None, **solve_kwargs) -> HybridSolution:
-    """Solve y = [x, c] from 0 to T through the system's events (see the module
+                 grazing: float, max_steps: int, dense: bool, first_step=None, t0: float = 0.0,
+                 **solve_kwargs) -> HybridSolution:
+    """Solve y = [x, c] from t0 (default 0) to T through the system's events (see the module
     docstring). solve_kwargs go to ctpg.solvers.solve (method, rtol, atol, dt, ...).
     Raises GrazingEventError on a grazing event or after max_events events."""
     d = system.state_dim
     guard = lambda t, y: system.guards(y[:, :d])        # noqa: E731 (autonomous guards)
     out = HybridSolution([], [], y0)
-    t, y, h, tstops = 0.0, y0, first_step, system.breakpoints(T)
+    t, y, h, tstops = t0, y0, first_step, system.breakpoints(T)
     while True:
         watch = Watch(guard, event_tol, directions=system.guard_directions)
         sol = solve(rhs, y, t, T, max_steps=max_steps - out.steps_accepted - out.steps_rejected, dense=dense,
