@@ -289,4 +289,5 @@ def test_the_juggler_gradient_through_paddle_impacts_matches_central_differences
 
     reference = fd(cost, 0.0, step=1e-3)
     torch.nn.utils.vector_to_parameters(flat, policy.parameters())
+    print("juggler events", len(count.events), "relative error", abs(estimate - reference) / abs(reference))
     assert abs(estimate - reference) <= 1e-6 * abs(reference), (estimate, reference)
