@@ -291,3 +291,26 @@ def test_the_juggler_gradient_through_paddle_impacts_matches_central_differences
     torch.nn.utils.vector_to_parameters(flat, policy.parameters())
     print("juggler events", len(count.events), "relative error", abs(estimate - reference) / abs(reference))
     assert abs(estimate - reference) <= 1e-6 * abs(reference), (estimate, reference)
+
+
+def test_the_gym_juggler_bounces_the_ball_inside_a_control_interval():
+    """ctpg/Juggler-v0 with the paddle at rest: the ball dropped from 0.5 m hits at
+    t = sqrt(2 0.5 / 9.8) = 0.319 s (inside the 16th 0.02 s interval) and leaves the
+    paddle at e times the impact speed; it never goes below the paddle."""
+    import math
+
+    import gymnasium
+    import envs  # noqa: F401  (registers the ids)
+
+    env = gymnasium.make("ctpg/Juggler-v0").unwrapped
+    env.reset(options={"state": [0.5, 0.0, 0.0, 0.0]})
+    heights = []
+    for _ in range(20):
+        obs, *_ = env.step([0.0])
+        heights.append(obs[0])
+    assert min(heights) >= -1e-9
+    t = 0.4
+    t_hit = math.sqrt(2 * 0.5 / 9.8)
+    v_out = 0.8 * 9.8 * t_hit
+    assert obs[1] == pytest.approx(v_out - 9.8 * (t - t_hit), rel=1e-6)
+    assert obs[0] == pytest.approx(v_out * (t - t_hit) - 4.9 * (t - t_hit) ** 2, rel=1e-6)
