@@ -50,6 +50,14 @@ class CTPG(Estimator):
     and reads it back every k attempts instead of every step (explicit methods; see
     ctpg.solvers.on_device), at the price of a few discarded attempts past the end of a solve.
 
+    Hybrid systems (system.guards and reset: impacts, resets): the forward pass stops at
+    the batch's earliest event, resets the samples that hit and restarts there; the
+    backward pass jumps the adjoint by the transposed saltation matrix at each event
+    (ctpg.estimators.hybrid). `event_tol`: the time tolerance of the event location;
+    `max_events`: per estimate, beyond which (Zeno) it raises; `grazing`: the relative
+    crossing rate |g_x f| / (|g_x| |f|) below which an event is refused as tangential.
+    Shared host-side steps only (no per_sample, reuse_jacobians, compile, sync_every).
+
     Stores O(steps x N x d) floats. Costs per forward stage one f call, per backward
     stage one vjp (plus Jacobians for stiff methods); both passes adapt their steps to
     the requested accuracy. Lands on the system's breakpoints (system.breakpoints)
