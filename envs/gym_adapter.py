@@ -169,7 +169,7 @@ class ControlEnv(gymnasium.Env):
 
         y0 = torch.cat([x, x.new_zeros(1, 1)], 1)
         with torch.no_grad():
-            if self.system.has_events:      # impacts inside the interval: located and reset, as CTPG does
+            if getattr(self.system, "has_events", False):      # impacts inside the interval: located and reset, as CTPG does
                 from ctpg.estimators.hybrid import solve_hybrid
                 y1 = solve_hybrid(closed_loop, self.system, lambda s: u.expand(s.shape[0], -1), y0, t0 + self.dt,
                                   t0=t0, event_tol=1e-10, max_events=1000, grazing=1e-8, max_steps=100_000,

@@ -144,7 +144,7 @@ class Estimator:
         `system.parameters()`) are the tensors that receive gradients."""
         T = system.horizon if T is None else float(T)
         self._check(system, x0, T)
-        if system.has_events and self.events_refusal is not None:
+        if getattr(system, "has_events", False) and self.events_refusal is not None:
             raise ValueError(f"{self.name}: {type(system).__name__} has guards (impacts or resets), which this "
                              f"estimator refuses: {self.events_refusal}. Use CTPG, which jumps the adjoint by the "
                              "saltation matrix at each event")

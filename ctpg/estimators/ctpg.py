@@ -133,7 +133,7 @@ class CTPG(Estimator):
                              "only, but the system or its costs hold learnable parameters too "
                              "(system.parameters()); use per_sample=False, reuse_jacobians=False")
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
-        if system.has_events:
+        if getattr(system, "has_events", False):
             return self._forward_hybrid(problem, y0)
         jacobian = closed_loop_jacobian(system, problem.policy) if is_stiff_method(self.method) else None
         capture = None
