@@ -157,6 +157,9 @@ class ControlSystem:
         rejecting steps across the jump. Default: none."""
         return []
 
+    def sample_initial_state(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define sample_initial_state(n, generator)")
+
     # ------------------------------------------------------ events (hybrid systems)
     # A hybrid system (impacts, resets, mode switches) sets `guard_directions`, one entry
     # per guard element: -1 (an event where g_i falls through zero), +1 (rises through
@@ -184,9 +187,6 @@ class ControlSystem:
         component that f reads). Torch-differentiable in x and in the system's learnable
         parameters. Default: the identity (a guard that only marks a switch in f)."""
         return x
-
-    def sample_initial_state(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define sample_initial_state(n, generator)")
 
     def vjp(self, x: torch.Tensor, u: torch.Tensor, a: torch.Tensor):
         """(a^T df/dx [N,d], a^T df/du [N,k]) by autograd through `f`."""
