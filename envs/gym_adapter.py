@@ -65,7 +65,7 @@ GYM_ENVS = {
     "ctpg/Electric-v0": ("electric", {"dt": 0.03, "drawing": "electric"}),
     "ctpg/Pendulum-v0": ("pendulum", {"drawing": "pole"}),
     "ctpg/DoublePendulum-v0": ("double_pendulum", {"drawing": "double_pole"}),
-    "ctpg/Juggler-v0": ("juggler", {"dt": 0.02}),
+    "ctpg/Juggler-v0": ("juggler", {}),
 }
 DRAWINGS = ("system", "xy", "pole", "double_pole", "diffdrive", "quadrotor", "electric")
 DTYPES = (np.float64, np.float32)
