@@ -173,6 +173,34 @@ class ControlSystem:
     def sample_initial_state(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define sample_initial_state(n, generator)")
 
+    # ------------------------------------------------------ events (hybrid systems)
+    # A hybrid system (impacts, resets, mode switches) sets `guard_directions`, one entry
+    # per guard element: -1 (an event where g_i falls through zero), +1 (rises through
+    # zero) or 0 (either), and defines `guards` and `reset`. The default, no guards,
+    # leaves a system smooth. Only CTPG differentiates through events (the adjoint jumps
+    # by the transposed saltation matrix, ctpg.estimators.hybrid); BPTT and Backsolve
+    # refuse systems with guards.
+    guard_directions: tuple = ()
+
+    @property
+    def has_events(self) -> bool:
+        """True when the system declares guards (guard_directions is not empty)."""
+        return len(self.guard_directions) > 0
+
+    def guards(self, x: torch.Tensor) -> torch.Tensor:
+        """g(x [N,d]) -> [N, E], E = len(guard_directions): an event where element i
+        crosses zero in direction guard_directions[i]. Torch-differentiable in x and in
+        any learnable system parameter it uses (a floor height, say)."""
+        raise NotImplementedError(f"{type(self).__name__} declares guard_directions and must define "
+                                  "guards(x) -> [N, E]")
+
+    def reset(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """x+ = r_i(x-) for pre-event states x [k,d] whose guard element index [k] (long)
+        fired: a restitution, a velocity jump, a mode change (a mode kept as a state
+        component that f reads). Torch-differentiable in x and in the system's learnable
+        parameters. Default: the identity (a guard that only marks a switch in f)."""
+        return x
+
     def vjp(self, x: torch.Tensor, u: torch.Tensor, a: torch.Tensor):
         """(a^T df/dx [N,d], a^T df/du [N,k]) by autograd through `f`."""
         with torch.enable_grad():

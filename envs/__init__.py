@@ -60,6 +60,7 @@ register("cartpole", _lazy("envs.cartpole:Cartpole"))
 register("electric", _lazy("envs.electric:Electric"))
 register("pendulum", _lazy("envs.pendulum:Pendulum"))
 register("double_pendulum", _lazy("envs.double_pendulum:DoublePendulum"))
+register("juggler", _lazy("envs.juggler:Juggler"))
 
 try:  # gymnasium is an optional layer: the core systems work without it
     import gymnasium as _gymnasium  # noqa: F401

@@ -2,6 +2,8 @@
 
 `ControlEnv(system, dt=...)` turns a `ctpg.ControlSystem` into a `gymnasium.Env`:
 
+- A hybrid system (guards, `system.has_events`, the juggler): each interval's impacts
+  are located and reset by ctpg.estimators.hybrid.solve_hybrid, as in CTPG's forward pass.
 - Control interval dt: the action is held constant (zero-order hold) over
   [t, t + dt] and the closed loop dx/dt = f(x, u) is integrated together with the
   accrued cost dc/dt = w(x, u) by `ctpg.solvers.solve` (adaptive Dormand-Prince 5(4),
@@ -69,6 +71,7 @@ GYM_ENVS = {
     "ctpg/Electric-v0": ("electric", {"dt": 0.03, "drawing": "electric"}),
     "ctpg/Pendulum-v0": ("pendulum", {"drawing": "pole"}),
     "ctpg/DoublePendulum-v0": ("double_pendulum", {"drawing": "double_pole"}),
+    "ctpg/Juggler-v0": ("juggler", {}),
 }
 DRAWINGS = ("system", "xy", "pole", "double_pole", "diffdrive", "quadrotor", "electric")
 DTYPES = (np.float64, np.float32)
@@ -174,7 +177,13 @@ class ControlEnv(gymnasium.Env):
 
         y0 = torch.cat([x, x.new_zeros(1, 1)], 1)
         with torch.no_grad():
-            y1 = solve(closed_loop, y0, t0, t0 + self.dt, **self.solver_options).y1
+            if getattr(self.system, "has_events", False):      # impacts inside the interval: located and reset, as CTPG does
+                from ctpg.estimators.hybrid import solve_hybrid
+                y1 = solve_hybrid(closed_loop, self.system, lambda s: u.expand(s.shape[0], -1), y0, t0 + self.dt,
+                                  t0=t0, event_tol=1e-10, max_events=1000, grazing=1e-8, max_steps=100_000,
+                                  dense=False, **self.solver_options).y1
+            else:
+                y1 = solve(closed_loop, y0, t0, t0 + self.dt, **self.solver_options).y1
         return y1[:, :d], float(y1[0, d])
 
     def _action_tensor(self, action):

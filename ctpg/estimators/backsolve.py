@@ -30,6 +30,9 @@ class Backsolve(Estimator):
     """
 
     name = "backsolve"
+    events_refusal = ("it recomputes x(t) by solving the closed loop backwards from x(T), and crossing an "
+                      "event backwards needs the inverse of each reset, which a restitution with coefficient "
+                      "below one or a mode change does not have in general (and the events are not stored)")
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
                  checkpoints: int = 0, dt: float | None = None, max_steps: int = 100_000):

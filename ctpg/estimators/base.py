@@ -135,6 +135,9 @@ class Estimator:
     """
 
     name = "estimator"
+    # why this estimator cannot differentiate through a hybrid system's events (None:
+    # it can); a system with guards is refused with this reason
+    events_refusal = "it has no event handling"
 
     def __call__(self, system: ControlSystem, policy, x0: torch.Tensor, T: float | None = None,
                  params: list[torch.Tensor] | None = None, keep_path: bool = False):
@@ -144,6 +147,10 @@ class Estimator:
         actor-critic reads its critic targets from, at no extra simulation."""
         T = system.horizon if T is None else float(T)
         self._check(system, x0, T)
+        if getattr(system, "has_events", False) and self.events_refusal is not None:
+            raise ValueError(f"{self.name}: {type(system).__name__} has guards (impacts or resets), which this "
+                             f"estimator refuses: {self.events_refusal}. Use CTPG, which jumps the adjoint by the "
+                             "saltation matrix at each event")
         _check_deterministic(policy, self.name)
         _check_policy_dtype(policy, system, self.name)
         params = _unique(policy_parameters(policy) + system.parameters()) if params is None else list(params)

@@ -35,6 +35,13 @@ class BPTT(Estimator):
     """
 
     name = "bptt"
+    # BPTT through contact is modelled the way users do it today: a soft contact force
+    # (a stiff penalty) in f, no guards; its gradient error at several stiffnesses is
+    # what the juggler's benchmark would measure (README, "Events and impacts")
+    events_refusal = ("a fixed-step discretisation applies no reset at a located event, and autograd "
+                      "through a reset at the first step past the guard misses the event time's dependence "
+                      "on the state (the saltation term), a gradient error of order one; model the contact "
+                      "as a soft penalty force in f for BPTT")
 
     def __init__(self, dt: float = 0.01, method: str = "euler", max_steps: int = 10_000_000):
         if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (math.isfinite(dt) and dt > 0):

@@ -7,6 +7,7 @@ from ctpg.adjoint import solve_adjoint, unflatten
 from ctpg.estimators.base import Estimator
 from ctpg.estimators.closed_loop import ControlAdjoint, closed_loop_jacobian, closed_loop_rhs, terminal_adjoint
 from ctpg.estimators.compiled import CompiledClosedLoop
+from ctpg.estimators.hybrid import saltation_jump, solve_hybrid
 from ctpg.estimators.jacobian_spline import JacobianSpline
 from ctpg.solvers import is_stiff_method, solve
 from ctpg.solvers.options import check_method, check_positive, check_tolerances
@@ -49,6 +50,14 @@ class CTPG(Estimator):
     and reads it back every k attempts instead of every step (explicit methods; see
     ctpg.solvers.on_device), at the price of a few discarded attempts past the end of a solve.
 
+    Hybrid systems (system.guards and reset: impacts, resets): the forward pass stops at
+    the batch's earliest event, resets the samples that hit and restarts there; the
+    backward pass jumps the adjoint by the transposed saltation matrix at each event
+    (ctpg.estimators.hybrid). `event_tol`: the time tolerance of the event location;
+    `max_events`: per estimate, beyond which (Zeno) it raises; `grazing`: the relative
+    crossing rate |g_x f| / (|g_x| |f|) below which an event is refused as tangential.
+    Shared host-side steps only (no per_sample, reuse_jacobians, compile, sync_every).
+
     Stores O(steps x N x d) floats. Costs per forward stage one f call, per backward
     stage one vjp (plus Jacobians for stiff methods); both passes adapt their steps to
     the requested accuracy. Lands on the system's breakpoints (system.breakpoints)
@@ -59,13 +68,15 @@ class CTPG(Estimator):
     """
 
     name = "ctpg"
+    events_refusal = None            # differentiates through events (ctpg.estimators.hybrid)
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
                  adjoint_method: str | None = None, adjoint_rtol: float | None = None,
                  adjoint_atol: float | None = None, dt: float | None = None,
                  adjoint_dt: float | None = None, adjoint_seminorm: bool = False,
                  max_steps: int = 100_000, per_sample: bool = False, reuse_jacobians: bool = False,
-                 compile: bool = False, sync_every: int | None = None):
+                 compile: bool = False, sync_every: int | None = None, event_tol: float = 1e-10,
+                 max_events: int = 1000, grazing: float = 1e-8):
         check_method("CTPG", "method", method, adaptive=dt is None)
         check_method("CTPG", "adjoint_method", adjoint_method or method,
                      adaptive=(dt if adjoint_dt is None else adjoint_dt) is None)
@@ -76,6 +87,11 @@ class CTPG(Estimator):
             check_positive("CTPG", name, value)
         check_positive("CTPG", "max_steps", max_steps, integer=True, optional=False)
         check_positive("CTPG", "sync_every", sync_every, integer=True)
+        check_positive("CTPG", "event_tol", event_tol, optional=False)
+        check_positive("CTPG", "max_events", max_events, integer=True, optional=False)
+        # events of a hybrid system (system.guards): located to event_tol in time, at most
+        # max_events per estimate, refused below a relative crossing rate `grazing`
+        self.event_tol, self.max_events, self.grazing = event_tol, max_events, grazing
         self.method, self.rtol, self.atol, self.dt = method, rtol, atol, dt
         self.adjoint_method = adjoint_method or method
         self.adjoint_rtol = rtol if adjoint_rtol is None else adjoint_rtol
@@ -117,6 +133,8 @@ class CTPG(Estimator):
                              "only, but the system or its costs hold learnable parameters too "
                              "(system.parameters()); use per_sample=False, reuse_jacobians=False")
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
+        if getattr(system, "has_events", False):
+            return self._forward_hybrid(problem, y0)
         jacobian = closed_loop_jacobian(system, problem.policy) if is_stiff_method(self.method) else None
         capture = None
         if self.compile:
@@ -148,7 +166,53 @@ class CTPG(Estimator):
                 stored += spline.stored_floats
         return costs, sol.steps_accepted, sol.steps_rejected, stored
 
+    def _forward_hybrid(self, problem, y0):
+        """The forward pass of a system with guards: pieces between the batch's events
+        (ctpg.estimators.hybrid.solve_hybrid)."""
+        system, d = problem.system, problem.system.state_dim
+        if self.per_sample or self.reuse_jacobians or self.compile or self.sync_every:
+            raise ValueError("CTPG through events (a system with guards) needs one host-side mesh for the "
+                             "batch: use per_sample=False, reuse_jacobians=False, compile=False, sync_every=None")
+        jacobian = closed_loop_jacobian(system, problem.policy) if is_stiff_method(self.method) else None
+        with torch.no_grad():
+            sol = solve_hybrid(closed_loop_rhs(system, problem.policy), system, problem.policy, y0, problem.T,
+                               event_tol=self.event_tol, max_events=self.max_events, grazing=self.grazing,
+                               max_steps=self.max_steps, dense=problem.keep_for_backward, method=self.method,
+                               rtol=self.rtol, atol=self.atol, dt=self.dt, jacobian=jacobian, autonomous=True)
+            xT = sol.y1[:, :d]
+            costs = sol.y1[:, d] + system.terminal_cost(xT)
+        stored = 0
+        if problem.keep_for_backward:     # the pieces and events stay on the problem (lists, not tensors)
+            problem.saved.update(hybrid=(sol.pieces, sol.events), xT=xT)
+            stored = sum(p.stored_floats for p in sol.pieces if p is not None) + sum(
+                2 * e.x_minus.numel() for e in sol.events)
+        return costs, sol.steps_accepted, sol.steps_rejected, stored
+
+    def _backward_hybrid(self, problem, saved, grad_loss):
+        """Adjoint solves over the pieces from T back to 0, the saltation jump at each
+        event between them (ctpg.estimators.hybrid.saltation_jump)."""
+        system, params = problem.system, problem.params
+        pieces, events = saved["hybrid"]
+        lam, mu = terminal_adjoint(system, saved["xT"], params, 1.0)
+        accepted = rejected = 0
+        for k in range(len(pieces) - 1, -1, -1):
+            path = pieces[k]
+            if path is not None and path.t1 > path.t0:
+                field = ControlAdjoint(system, problem.policy, params, problem.system_params, path)
+                sol = solve_adjoint(field, lam, mu, path.t1, path.t0, method=self.adjoint_method,
+                                    rtol=self.adjoint_rtol, atol=self.adjoint_atol, dt=self.adjoint_dt,
+                                    first_step=backward_first_step(path.times), max_steps=self.max_steps,
+                                    seminorm=self.adjoint_seminorm, tstops=system.breakpoints(problem.T))
+                lam, mu = sol.a0, sol.mu0
+                accepted, rejected = accepted + sol.steps_accepted, rejected + sol.steps_rejected
+            if k > 0:
+                lam, mu = saltation_jump(system, problem.policy, params, events[k - 1], lam, mu)
+        scale = grad_loss / problem.x0.shape[0]
+        return (scale * lam, unflatten(scale * mu, params)), (accepted, rejected)
+
     def _backward(self, problem, saved, grad_loss):
+        if "hybrid" in saved:
+            return self._backward_hybrid(problem, saved, grad_loss)
         system, params = problem.system, problem.params
         path = saved["path_kind"].from_state(saved)
         spline = (JacobianSpline(saved["jac_times"], saved["jac_x"], saved["jac_u"]) if self.reuse_jacobians

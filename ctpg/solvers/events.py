@@ -82,11 +82,17 @@ class Watch:
     """A guard watched by `solve`: guard(t [k] float64 tensor, y [k, ...]) -> [k, E];
     `tol` the time tolerance of the location (> 0); `max_iter` Illinois iterations per
     step. Keeps the armed signs [N, E] across the solves of one trajectory (so
-    solve_until_event can continue a solve), `calls` counts guard evaluations."""
+    solve_until_event can continue a solve), `calls` counts guard evaluations.
+    `directions` (optional, one entry per element): -1 watches element e only for a
+    fall through zero, +1 only for a rise, 0 for both; an element armed on the side
+    it cannot leave in its direction (positive for +1) is ignored by this Watch."""
 
-    def __init__(self, guard, tol: float, max_iter: int = 60):
+    def __init__(self, guard, tol: float, max_iter: int = 60, directions=None):
         if not (tol > 0 and math.isfinite(tol)):
             raise ValueError(f"the event tolerance must be a positive time, got {tol}")
+        if directions is not None and any(d not in (-1, 0, 1) for d in directions):
+            raise ValueError(f"event directions must be -1, 0 or +1 per guard element, got {tuple(directions)}")
+        self.directions = None if directions is None else torch.tensor([float(d) for d in directions])
         self.guard, self.tol, self.max_iter = guard, float(tol), max_iter
         self.signs, self.calls = None, 0
         self.end = None      # (time, combined value [N]) at the last checked step's end: the next start
@@ -123,7 +129,13 @@ class Watch:
     def combined(self, piece, t_a, t_b, theta) -> torch.Tensor:
         """(c(theta) [N], per-element signed values [N, E]); unarmed elements count +inf."""
         signed = self.signs * self._at(piece, t_a, t_b, theta)
-        signed = torch.where(self.signs == 0, torch.full_like(signed, math.inf), signed)
+        ignored = self.signs == 0
+        if self.directions is not None:       # armed on the wrong side: it cannot fire in its direction
+            if self.directions.numel() != signed.shape[1]:
+                raise ValueError(f"{self.directions.numel()} event directions for a guard of {signed.shape[1]} "
+                                 "elements; give one direction per element")
+            ignored = ignored | (self.directions.to(signed) * self.signs > 0)
+        signed = torch.where(ignored, torch.full_like(signed, math.inf), signed)
         return signed.min(dim=1).values, signed
 
 
