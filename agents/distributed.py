@@ -292,7 +292,7 @@ def launch(nproc: int, kwargs: dict, progress_fn=None):
                for rank in range(1, nproc)]
     for worker in workers:
         worker.start()
-    finished = False
+    finished, failure = False, None
     try:
         _set_cuda_device(0)
         _init_process_group(store=store, rank=0, world_size=nproc)
@@ -300,13 +300,13 @@ def launch(nproc: int, kwargs: dict, progress_fn=None):
         finished = True
         return result
     except PeerFailure as err:
-        _stop(workers, finished)          # (again in finally: joining ended processes is free)
-        codes = ", ".join(f"rank {rank}: {w.exitcode}" for rank, w in enumerate(workers, 1))
-        raise PeerFailure(f"{err} (exit codes of the spawned processes: {codes})") from err.__cause__
+        failure = err                     # re-raised below, once the exit codes are known
     finally:
         _stop(workers, finished)
         if dist.is_initialized():
             dist.destroy_process_group()
+    codes = ", ".join(f"rank {rank}: {w.exitcode}" for rank, w in enumerate(workers, 1))
+    raise PeerFailure(f"{failure} (exit codes of the spawned processes: {codes})") from failure.__cause__
 
 
 def _stop(workers, finished: bool) -> None:

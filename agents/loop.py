@@ -86,7 +86,8 @@ class Trainer:
                 if c.step == 0 and c.last_eval_step < 0:
                     self.evaluate()
                 while True:
-                    boundary = self.random_states()     # what a checkpoint written now would hold
+                    if self.group.world_size > 1:       # what a checkpoint written now would hold
+                        boundary = self.random_states()
                     if status is None:
                         status, message = self.budget_spent()
                     if status is None and interrupt.requested:
@@ -108,7 +109,8 @@ class Trainer:
         return self.finish(status, message, stop_signal)
 
     def random_states(self):
-        """(batch generator, torch global) RNG states: a few KB, read once per iteration."""
+        """(batch generator, torch global) RNG states: a few KB, read once per iteration of
+        a data-parallel run (only a peer's failure needs them: Trainer.stop_for_peer)."""
         return self.generator.get_state(), torch.get_rng_state()
 
     def stop_for_peer(self, err, boundary) -> distributed.PeerFailure:
