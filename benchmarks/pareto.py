@@ -13,6 +13,7 @@ stops with a RuntimeError if they disagree.
     python -m benchmarks.pareto --env lqr [--gain optimal|stiff] [--smoke | --full] [--out DIR]
     python -m benchmarks.pareto --env cartpole --policy RUN_DIR     # a trained policy
     python -m benchmarks.pareto --env diffdrive --full --ray        # the states as Ray tasks
+    python -m benchmarks.pareto --env juggler                       # impacts: benchmarks/pareto_contact.py
 
 `--gain stiff` is an LQR whose closed loop has eigenvalues -1 and -500 (a rotated
 high-gain affine policy u = -Kx + b, K and b in theta) over T = 2; `--policy` evaluates the
@@ -233,39 +234,52 @@ def state_records(cfg: Config, budget: str, i: int) -> tuple[list, list]:
         x0 = starts[i:i + 1]
         ref_theta, ref_x0 = reference_gradient(system, policy, x0, cfg)
         ref_full = torch.cat([ref_x0, ref_theta])
-        records, failures = [], []
-        sweep = sweeps(cfg, budget)
-        progress = SweepProgress(i, cfg.samples, sum(len(points) for points in sweep.values()))
-        for label, points in sweep.items():
-            exhausted = False   # points run coarse to fine: after MaxStepsExceeded the rest need more steps
-            for setting, estimator in points:
-                if exhausted:
-                    failures.append(f"{label} {setting:g} on state {i}: skipped (a looser setting exceeded max_steps)")
-                    progress.point(label, setting)
-                    continue
-                system.counter.reset()
-                start = time.perf_counter()
-                try:
-                    theta, gx, info = gradient(estimator, system, policy, x0)
-                except (ctpg.SolverError, ctpg.NonFiniteError) as err:
-                    exhausted = isinstance(err, ctpg.MaxStepsExceeded)
-                    failures.append(f"{label} {setting:g} on state {i}: {type(err).__name__}")
-                    progress.point(label, setting)
-                    continue
-                seconds = time.perf_counter() - start
-                progress.point(label, setting)
-                param_error = float((theta - ref_theta).norm() / ref_theta.norm())
-                full_error = float((torch.cat([gx, theta]) - ref_full).norm() / ref_full.norm())
-                if not (math.isfinite(param_error) and math.isfinite(full_error)):
-                    failures.append(f"{label} {setting:g} on state {i}: non-finite gradient")
-                    continue
-                records.append(dict(
-                    estimator=label, setting=setting, sample=i, param_error=param_error, full_error=full_error,
-                    oracle_evals=info.oracle_evals, weighted_evals=weighted_evals(system, cfg),
-                    sim_calls=system.counter.sim_calls,
-                    wall_time=seconds, stored_floats=info.stored_floats,
-                    ref_param_norm=float(ref_theta.norm()), ref_full_norm=float(ref_full.norm())))
+        records, failures = sweep_records(sweeps(cfg, budget), lambda label: system, policy, x0,
+                                          (ref_theta, ref_full), i, cfg)
     print(f"state {i + 1}/{cfg.samples} done", flush=True)
+    return records, failures
+
+
+def sweep_records(sweep: dict, system_for, policy, x0, reference, i: int, cfg) -> tuple[list, list]:
+    """(records, failures) of every point of `sweep` (label -> [(setting, estimator)],
+    coarse to fine) on the start x0 [1, d], each estimator run on `system_for(label)`
+    (the same system for every label, except where a benchmark compares model variants)
+    and measured against `reference` = (dL/dtheta, [dL/dx0, dL/dtheta]). A failed solve
+    (SolverError, NonFiniteError, a non-finite gradient) is a failure, not a record; after
+    MaxStepsExceeded the label's finer settings are skipped."""
+    ref_theta, ref_full = reference
+    records, failures = [], []
+    progress = SweepProgress(i, cfg.samples, sum(len(points) for points in sweep.values()))
+    for label, points in sweep.items():
+        system = system_for(label)
+        exhausted = False   # points run coarse to fine: after MaxStepsExceeded the rest need more steps
+        for setting, estimator in points:
+            if exhausted:
+                failures.append(f"{label} {setting:g} on state {i}: skipped (a looser setting exceeded max_steps)")
+                progress.point(label, setting)
+                continue
+            system.counter.reset()
+            start = time.perf_counter()
+            try:
+                theta, gx, info = gradient(estimator, system, policy, x0)
+            except (ctpg.SolverError, ctpg.NonFiniteError) as err:
+                exhausted = isinstance(err, ctpg.MaxStepsExceeded)
+                failures.append(f"{label} {setting:g} on state {i}: {type(err).__name__}")
+                progress.point(label, setting)
+                continue
+            seconds = time.perf_counter() - start
+            progress.point(label, setting)
+            param_error = float((theta - ref_theta).norm() / ref_theta.norm())
+            full_error = float((torch.cat([gx, theta]) - ref_full).norm() / ref_full.norm())
+            if not (math.isfinite(param_error) and math.isfinite(full_error)):
+                failures.append(f"{label} {setting:g} on state {i}: non-finite gradient")
+                continue
+            records.append(dict(
+                estimator=label, setting=setting, sample=i, param_error=param_error, full_error=full_error,
+                oracle_evals=info.oracle_evals, weighted_evals=weighted_evals(system, cfg),
+                sim_calls=system.counter.sim_calls,
+                wall_time=seconds, stored_floats=info.stored_floats,
+                ref_param_norm=float(ref_theta.norm()), ref_full_norm=float(ref_full.norm())))
     return records, failures
 
 
@@ -324,6 +338,9 @@ def parse_args(argv=None) -> tuple[Config, str, object]:
 
 def main(argv=None) -> dict:
     cfg, budget, runner = parse_args(argv)
+    if cfg.env == "juggler":   # impacts: CTPG with saltation against BPTT through soft contact
+        from benchmarks import pareto_contact
+        return pareto_contact.main(cfg, budget, runner)
     result = run(cfg, budget, runner)
     target = 1e-3 if cfg.env == "lqr" else 1e-2
     costs = ["oracle_evals", "weighted_evals", "wall_time", "stored_floats"]

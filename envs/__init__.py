@@ -53,6 +53,7 @@ def _lazy(path: str) -> Callable[..., ControlSystem]:
 
 
 register("lqr", _lazy("envs.lqr:LQR"))
+register("juggler_soft", _lazy("envs.juggler:SoftJuggler"))   # penalty contact: the BPTT baseline
 register("diffdrive", _lazy("envs.diffdrive:DiffDrive"))
 register("quadrotor", _lazy("envs.quadrotor:Quadrotor"))
 register("quadrotor_realistic", _lazy("envs.quadrotor:realistic_quadrotor"))

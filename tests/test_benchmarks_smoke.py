@@ -140,6 +140,23 @@ def test_pareto_smoke_stiff_lqr_adds_the_rosenbrock_solvers(tmp_path):
     assert ratios["dopri5_over_rosenbrock_weighted_evals"] > 1   # the stiff loop favours Rosenbrock even here
 
 
+def test_pareto_smoke_juggler_compares_saltation_ctpg_with_soft_contact_bptt(tmp_path):
+    """--env juggler: CTPG through the impacts on the hybrid juggler, BPTT-Euler on the
+    penalty-contact juggler at each stiffness, one reference (checked by central
+    differences); the floors compare CTPG with BPTT at BPTT's best error."""
+    from benchmarks import pareto, pareto_contact
+
+    pareto.main(["--smoke", "--env", "juggler", "--out", str(tmp_path)])
+    result = _read_outputs(tmp_path, "pareto_juggler")
+    labels = {pareto_contact.soft_label(k) for k in pareto_contact.STIFFNESSES["smoke"]}
+    assert labels | {"CTPG-dopri5", "CTPG-tsit5", "CTPG-bosh3"} == set(result["curves"])
+    assert all(math.isfinite(r["param_error"]) and r["oracle_evals"] > 0 for r in result["records"])
+    floors = result["floors"]
+    # CTPG at rtol 1e-5 is accurate to ~1e-5 through the impacts; soft-contact BPTT is not
+    assert floors["ctpg_reaches_target"] and floors["ctpg_best_error"] < 1e-4 < floors["bptt_best_error"]
+    assert floors["bptt_over_ctpg_oracle_evals"] > 1
+
+
 @pytest.mark.parametrize("corruption", ["scaled", "orthogonal"])
 def test_pareto_smoke_reference_check_raises(tmp_path, monkeypatch, corruption):
     import torch

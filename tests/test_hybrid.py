@@ -314,3 +314,34 @@ def test_the_gym_juggler_bounces_the_ball_inside_a_control_interval():
     v_out = 0.8 * 9.8 * t_hit
     assert obs[1] == pytest.approx(v_out - 9.8 * (t - t_hit), rel=1e-6)
     assert obs[0] == pytest.approx(v_out * (t - t_hit) - 4.9 * (t - t_hit) ** 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("restitution", [0.5, 0.8, 0.95])
+def test_the_soft_juggler_contact_bounces_with_the_calibrated_restitution(restitution):
+    """envs.juggler.SoftJuggler (the penalty contact BPTT runs on): a ball dropped from
+    0.5 m on a paddle at rest leaves it, solved tightly by scipy, at e times the impact
+    speed up to gravity's share during the short contact (~pi / sqrt(k) s), which vanishes
+    as k grows; above the paddle the contact force is exactly 0."""
+    import envs
+
+    v_in = np.sqrt(2 * 9.8 * 0.5)
+    ratios = []
+    for k in (1e4, 1e6):
+        system = envs.make("juggler_soft", contact_stiffness=k, restitution=restitution)
+        zero = torch.zeros(1, 1, dtype=F64)
+
+        def rhs(t, y):
+            return system.f(torch.tensor(y[None]), zero)[0].numpy()
+
+        def rising_through_paddle(t, y):   # falling through it at t = 0.319 s is not this direction
+            return y[0] - y[2]
+        rising_through_paddle.terminal, rising_through_paddle.direction = True, 1
+        sol = solve_ivp(rhs, (0, 0.6), [0.5, 0, 0, 0], rtol=1e-11, atol=1e-12, max_step=0.05 / np.sqrt(k),
+                        events=rising_through_paddle)
+        ratios.append(sol.y_events[0][0][1] / v_in)
+    # 5e-3: the unclamped damping exp(-zeta pi / w_d) would miss by 8e-3 (e = 0.8) to 4e-2 (e = 0.5)
+    assert abs(ratios[1] - restitution) < 5e-3 and abs(ratios[1] - restitution) < abs(ratios[0] - restitution)
+    above = torch.tensor([[0.3, -1.0, 0.1, 0.5]], dtype=F64)
+    assert float(system.contact_force(above)) == 0.0
+    with pytest.raises(ValueError, match="restitution in \\(0, 1\\)"):
+        envs.make("juggler_soft", restitution=1.0)
