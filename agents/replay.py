@@ -31,8 +31,12 @@ def load_run(run_dir, system=None, device: str = "cpu"):
     trained on). `system` replaces the one rebuilt from the checkpoint (needed for a
     run on a custom system). Raises FileNotFoundError without a checkpoint,
     ConfigError when the policy cannot be rebuilt."""
+    return run_from_checkpoint(ckpt.load_checkpoint(run_dir), run_dir, system, device)
+
+
+def run_from_checkpoint(payload: dict, run_dir, system=None, device: str = "cpu"):
+    """`load_run` on an already loaded checkpoint `payload` (run_dir names it in errors)."""
     from agents.trainer import build_policy
-    payload = ckpt.load_checkpoint(run_dir)
     saved = {**TrainConfig().to_dict(), **payload["config"]}
     config = TrainConfig(**{**saved, "hidden": tuple(saved["hidden"]), "critic_hidden": tuple(saved["critic_hidden"])})
     if system is None:
@@ -164,8 +168,8 @@ def evaluate_run(run_dir, episodes: int = 5, video=None, seed: int = 0, system=N
         raise ConfigError(f"--video must end in .mp4 or .gif, got {video!r}")
     if video is not None:
         check_video_writer(video)          # a missing package fails before the evaluation runs
-    config, system, policy = load_run(run_dir, system)
-    payload = ckpt.load_checkpoint(run_dir)
+    payload = ckpt.load_checkpoint(run_dir)          # read once: it may be large (critic, replay states)
+    config, system, policy = run_from_checkpoint(payload, run_dir, system)
     horizon = config.horizon or system.horizon
     x0 = heldout_states(system, config.eval_batch, config.eval_seed)
     run = rollout(system, policy, x0, horizon, rtol=config.eval_rtol, atol=config.eval_atol)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from ctpg.ode import scipy_solve
 from ctpg.solvers import method_names
+from ctpg.solvers.options import check_tolerances
 from ctpg.solvers.tableaus import TABLEAUS
 
 # torchdiffeq name -> ctpg name (same method)
@@ -78,8 +81,7 @@ def settings(method, rtol, atol, options, *, adjoint: bool = False) -> SolveSett
     options = dict(options or {})
     what = "adjoint_options" if adjoint else "options"
     if method == scipy_solve.NAME:
-        _check_tolerance(rtol, "rtol")
-        _check_tolerance(atol, "atol")
+        _check_tolerances(rtol, atol)
         return SolveSettings(method, rtol, atol, scipy=scipy_solve.scipy_options(options))
     unknown = sorted(set(options) - set(OPTION_KEYS))
     if unknown:
@@ -96,8 +98,7 @@ def settings(method, rtol, atol, options, *, adjoint: bool = False) -> SolveSett
     step_size = options.get("step_size")
     if step_size is not None and not (float(step_size) > 0):
         raise ValueError(f"odeint: {what}['step_size'] must be positive, got {step_size}")
-    _check_tolerance(rtol, "rtol")
-    _check_tolerance(atol, "atol")
+    _check_tolerances(rtol, atol)
     return SolveSettings(name, rtol, atol, dt=None if step_size is None else float(step_size),
                          fixed_grid=fixed or step_size is not None, first_step=options.get("first_step"),
                          max_steps=int(options.get("max_num_steps", 100_000)),
@@ -106,11 +107,9 @@ def settings(method, rtol, atol, options, *, adjoint: bool = False) -> SolveSett
                          seminorm=norm == "seminorm")
 
 
-def _check_tolerance(value, name: str) -> None:
-    import torch
-    if torch.is_tensor(value):
-        if value.requires_grad:
-            raise ValueError(f"odeint: {name} cannot require gradient")
-        return
-    if not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"odeint: {name} must be a non-negative number (or a tensor shaped like y0), got {value!r}")
+def _check_tolerances(rtol, atol) -> None:
+    """check_tolerances, and no tolerance that requires grad (nothing differentiates it)."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if torch.is_tensor(value) and value.requires_grad:
+            raise ValueError(f"odeint: {name} cannot require gradient; pass {name}.detach()")
+    check_tolerances("odeint", rtol, atol, both_zero_ok=True)

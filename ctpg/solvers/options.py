@@ -29,9 +29,10 @@ def check_method(owner: str, name: str, method: str, extra: tuple[str, ...] = ()
                          "(dopri5, tsit5, bosh3, heun, dop853, dopri8, rodas5p, ...)")
 
 
-def check_tolerances(owner: str, rtol, atol, prefix: str = "") -> None:
+def check_tolerances(owner: str, rtol, atol, prefix: str = "", both_zero_ok: bool = False) -> None:
     """Raise ValueError unless rtol and atol are non-negative and finite (numbers, or
-    tensors of them for per-component tolerances) and not both zero."""
+    tensors of them for per-component tolerances) and, unless `both_zero_ok` (odeint,
+    whose fixed-grid methods ignore them, as torchdiffeq's do), not both zero."""
     for name, value in ((prefix + "rtol", rtol), (prefix + "atol", atol)):
         ok = (bool(torch.all(torch.isfinite(value) & (value >= 0))) if torch.is_tensor(value)
               else isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -39,7 +40,7 @@ def check_tolerances(owner: str, rtol, atol, prefix: str = "") -> None:
         if not ok:
             raise ValueError(f"{owner}: {name} must be a finite number >= 0 (or a tensor of them, per "
                              f"component), got {value!r}; e.g. {prefix}rtol=1e-6, {prefix}atol=1e-8")
-    if not torch.is_tensor(rtol) and not torch.is_tensor(atol) and rtol == 0 and atol == 0:
+    if not both_zero_ok and not torch.is_tensor(rtol) and not torch.is_tensor(atol) and rtol == 0 and atol == 0:
         raise ValueError(f"{owner}: {prefix}rtol and {prefix}atol are both 0, which no step can meet; "
                          "give at least one of them a positive value")
 
