@@ -163,7 +163,9 @@ def test_page_snippets_run(page, tmp_path):
     work = tmp_path / "cwd"
     work.mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), MPLBACKEND="Agg")
+               MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), MPLBACKEND="Agg",
+               # one thread, as the trainer runs by default: the fastest for these sizes
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     try:
         result = subprocess.run([sys.executable, str(runner), str(spec)], cwd=work, env=env,
                                 capture_output=True, text=True, timeout=PAGE_TIMEOUT_S)
