@@ -95,11 +95,16 @@ def main(argv=None) -> int:
     eval_batch = 64
     if args.smoke:
         args.iters, args.batch_size, eval_batch = 6, 8, 16
-        args.logdir = args.logdir or tempfile.mkdtemp(prefix="custom_system_")
+    if args.smoke and args.logdir is None:       # leave no run directory behind
+        with tempfile.TemporaryDirectory(prefix="custom_system_") as logdir:
+            return train_and_check(args, eval_batch, logdir)
+    return train_and_check(args, eval_batch, args.logdir)
 
+
+def train_and_check(args, eval_batch: int, logdir) -> int:
     system = FrictionCart()
     result = agents.train(system=system, estimator=args.estimator, iters=args.iters,
-                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, logdir=args.logdir,
+                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, logdir=logdir,
                           hidden=(32, 32), last_layer_scale=0.1, rtol=1e-3, atol=1e-4, eval_batch=eval_batch,
                           eval_every=max(1, args.iters // 5), log_every=max(1, args.iters // 10))
     before, after = result.history[0]["cost"], result.final_eval["cost"]
