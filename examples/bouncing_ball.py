@@ -104,8 +104,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-error", type=float, default=1e-6, help="allowed relative gradient error")
     p.add_argument("--smoke", action="store_true", help="a couple of seconds: 2 bounces")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.bounces = 2
+    if args.smoke:     # smaller defaults; options given explicitly still win
+        p.set_defaults(bounces=2)
+        args = p.parse_args(argv)
     if args.bounces < 1:
         p.error("--bounces must be at least 1")
     torch.set_num_threads(1)

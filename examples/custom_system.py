@@ -88,24 +88,27 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--factor", type=float, default=0.5, help="required ratio trained/untrained cost")
+    p.add_argument("--eval-batch", type=int, default=64, help="held-out starts of the evaluation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logdir", default=None, help="run directory (default: a fresh one under runs/)")
-    p.add_argument("--smoke", action="store_true", help="a few seconds: 6 iterations of 8 starts, 16 held-out starts, a temporary directory")
+    p.add_argument("--smoke", action="store_true",
+                   help="a few seconds: 6 iterations of 8 starts, 16 held-out starts, a temporary run directory")
     args = p.parse_args(argv)
-    eval_batch = 64
-    if args.smoke:
-        args.iters, args.batch_size, eval_batch = 6, 8, 16
+    if args.smoke:     # smaller defaults; options given explicitly still win
+        p.set_defaults(iters=6, batch_size=8, eval_batch=16)
+        args = p.parse_args(argv)
     if args.smoke and args.logdir is None:       # leave no run directory behind
         with tempfile.TemporaryDirectory(prefix="custom_system_") as logdir:
-            return train_and_check(args, eval_batch, logdir)
-    return train_and_check(args, eval_batch, args.logdir)
+            return train_and_check(args, logdir)
+    return train_and_check(args, args.logdir)
 
 
-def train_and_check(args, eval_batch: int, logdir) -> int:
+def train_and_check(args, logdir) -> int:
     system = FrictionCart()
     result = agents.train(system=system, estimator=args.estimator, iters=args.iters,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, logdir=logdir,
-                          hidden=(32, 32), last_layer_scale=0.1, rtol=1e-3, atol=1e-4, eval_batch=eval_batch,
+                          hidden=(32, 32), last_layer_scale=0.1, rtol=1e-3, atol=1e-4,
+                          eval_batch=args.eval_batch,
                           eval_every=max(1, args.iters // 5), log_every=max(1, args.iters // 10))
     before, after = result.history[0]["cost"], result.final_eval["cost"]
     reference = pd_cost(system, result.config)

@@ -72,8 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="a few seconds: 10 iterations, 2 episodes")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.iters, args.episodes = 10, 2
+    if args.smoke:     # smaller defaults; options given explicitly still win
+        p.set_defaults(iters=10, episodes=2)
+        args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
 

@@ -78,8 +78,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="save a PNG of the fitted and true spirals here")
     p.add_argument("--smoke", action="store_true", help="a few seconds: 40 iterations on [0, 10], factor 2")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.iters, args.t1, args.samples, args.factor = 40, 10.0, 200, 2.0
+    if args.smoke:     # smaller defaults; options given explicitly still win
+        p.set_defaults(iters=40, t1=10.0, samples=200, factor=2.0)
+        args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
 

@@ -75,8 +75,9 @@ def main(argv=None) -> int:
     p.add_argument("--skip-dopri5", action="store_true", help="do not run dopri5 (for very stiff mu)")
     p.add_argument("--smoke", action="store_true", help="a few seconds: mu = 30 on [0, 60], speedup 2")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.mu, args.t1, args.speedup = 30.0, 60.0, 2.0
+    if args.smoke:     # smaller defaults; options given explicitly still win
+        p.set_defaults(mu=30.0, t1=60.0, speedup=2.0)
+        args = p.parse_args(argv)
     torch.set_num_threads(1)
 
     f = van_der_pol(args.mu)
