@@ -7,9 +7,10 @@ on short windows of the trajectory, every window's loss differentiated through
 `ctpg.odeint` in the adjoint mode you pick: "interpolating" (the default: CTPG's stored
 spline), "backsolve" (torchdiffeq's odeint_adjoint) or "direct" (autograd through the steps).
 
-Check: the mean absolute error on 64 fixed windows of the data and (full run) the error of
-one solve from y0 over the whole span must both drop below the untrained model's by
---factor (5; the smoke run checks the windows only, by 2); the script exits 1 otherwise.
+Check: the mean absolute error on 64 fixed windows of the data must drop below the
+untrained model's by --factor (10; 2 in the smoke run), and (full run) the error of one
+solve from y0 over the whole span, where every small error of the field accumulates as a
+phase drift, by --trajectory-factor (2); the script exits 1 otherwise.
 
 Cost: full run (400 iterations of 20 windows on [0, 25]) about 20 s on a laptop CPU;
 --smoke (40 iterations on [0, 10]) a few seconds.
@@ -73,10 +74,12 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=10, help="samples per training window")
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--factor", type=float, default=5.0, help="required drop of the trajectory error")
+    p.add_argument("--factor", type=float, default=10.0, help="required drop of the window error")
+    p.add_argument("--trajectory-factor", type=float, default=2.0,
+                   help="required drop of the whole-span error (not checked with --smoke)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="save a PNG of the fitted and true spirals here")
-    p.add_argument("--smoke", action="store_true", help="a few seconds: 40 iterations on [0, 10], factor 2")
+    p.add_argument("--smoke", action="store_true", help="a few seconds: 40 iterations on [0, 10], window factor 2")
     args = p.parse_args(argv)
     if args.smoke:     # smaller defaults; options given explicitly still win
         p.set_defaults(iters=40, t1=10.0, samples=200, factor=2.0)
@@ -114,11 +117,12 @@ def main(argv=None) -> int:
     if args.out:
         save_plot(field, y0, t, ys, args.out)
     # the smoke run is too short for the whole-span solve to settle; it checks the windows only
-    checks = [("window error", 0)] + ([] if args.smoke else [("trajectory error", 1)])
-    for name, i in checks:
-        if not after[i] * args.factor < before[i]:
+    checks = [("window error", 0, args.factor)]
+    checks += [] if args.smoke else [("trajectory error", 1, args.trajectory_factor)]
+    for name, i, factor in checks:
+        if not after[i] * factor < before[i]:
             print(f"FAIL spiral_neural_ode: the {name} fell only from {before[i]:.4f} to {after[i]:.4f}, "
-                  f"less than the required factor {args.factor:g}", file=sys.stderr)
+                  f"less than the required factor {factor:g}", file=sys.stderr)
             return 1
     print(f"PASS spiral_neural_ode: window error {before[0]:.4f} -> {after[0]:.4f}, trajectory "
           f"error {before[1]:.4f} -> {after[1]:.4f}")
