@@ -12,8 +12,8 @@ Check: the trained policy's held-out cost (64 fixed starts, accurate dopri5 solv
 Trainer's own evaluation) must be below --factor times the untrained policy's, and below
 that of a hand-tuned PD controller (u = -2p - 2v, saturated). Exits 1 otherwise.
 
-Cost: full run (150 iterations of 32 starts) about a minute on a laptop CPU; --smoke
-(10 iterations) a few seconds.
+Cost: full run (150 iterations of 32 starts) 30-50 s on a laptop CPU; --smoke (6
+iterations of 8 starts, 16 held-out starts) a few seconds.
 
     python examples/custom_system.py
     python examples/custom_system.py --estimator bptt --logdir runs/cart_bptt

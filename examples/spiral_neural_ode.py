@@ -12,8 +12,8 @@ untrained model's by --factor (10; 2 in the smoke run), and (full run) the error
 solve from y0 over the whole span, where every small error of the field accumulates as a
 phase drift, by --trajectory-factor (2); the script exits 1 otherwise.
 
-Cost: full run (400 iterations of 20 windows on [0, 25]) about 20 s on a laptop CPU;
---smoke (40 iterations on [0, 10]) a few seconds.
+Cost: full run (400 iterations of 20 windows on [0, 25]) 20-30 s on a laptop CPU (13 s
+with --adjoint direct); --smoke (40 iterations on [0, 10]) a few seconds.
 
     python examples/spiral_neural_ode.py                      # interpolating adjoint
     python examples/spiral_neural_ode.py --adjoint backsolve --out spiral.png

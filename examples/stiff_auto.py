@@ -14,7 +14,7 @@ Check: every solution at the output times must agree with scipy's Radau at rtol 
 1e-12 (exact Jacobian) to --max-error, relative to max |y|; and "auto" must cost at most
 1 / --speedup of dopri5's evaluations. Exits 1 otherwise.
 
-Cost: full run (mu = 100 on [0, 300], three periods of the relaxation oscillation; dopri5
+Cost: full run (mu = 100 on [0, 300], about two periods of the relaxation oscillation; dopri5
 takes about 17,000 steps) about 20-30 s on a laptop CPU; --smoke (mu = 30 on [0, 60]) a
 few seconds. With --mu 1000 --t1 3000 dopri5 needs millions of steps: pass
 --skip-dopri5.
