@@ -9,8 +9,8 @@ bounded force towards the origin: nonlinear (the friction), and the force limit 
 what a linear controller would ask for from far starts.
 
 Check: the trained policy's held-out cost (64 fixed starts, accurate dopri5 solve, the
-Trainer's own evaluation) must be below --factor times the untrained policy's, and below
-that of a hand-tuned PD controller (u = -2p - 2v, saturated). Exits 1 otherwise.
+Trainer's own evaluation) must be below --factor (0.5) times the untrained policy's and
+(full run) below that of a PD controller, u = -2p - 2v saturated. Exits 1 otherwise.
 
 Cost: full run (150 iterations of 32 starts) 30-50 s on a laptop CPU; --smoke (6
 iterations of 8 starts, 16 held-out starts) a few seconds.
