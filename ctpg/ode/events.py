@@ -55,7 +55,9 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time: bool = False, odeint_i
     packing = Packing(y0)
     last = packing.pack(tuple(s[-1] for s in solution) if packing.is_tuple else solution[-1])
     with torch.no_grad():
-        start = torch.as_tensor(event_fn(t0.detach().to(packing.dtype), packing.unpack(packing.pack(y0)[0]))).reshape(-1)
+        # detached: a packed y0 that requires grad keeps the flag even under no_grad
+        start = torch.as_tensor(event_fn(t0.detach().to(packing.dtype),
+                                         packing.unpack(packing.pack(y0)[0].detach()))).reshape(-1).detach()
     event_t, last = implicit_event(func, event_fn, packing, event_t, last, (float(t0.detach()), start))
     rows = packing.parts(solution)
     ends = packing.parts(packing.unpack(last[0]))
