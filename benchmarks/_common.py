@@ -15,7 +15,10 @@ COSTS = {"oracle_evals": "oracle evaluations (f, vjp, Jacobian per sample)",
          "wall_time": "wall-clock [s]", "stored_floats": "stored floats"}
 COLORS = {"BPTT-Euler": "C0", "CTPG-dopri5": "C1", "CTPG-tsit5": "C2", "CTPG-bosh3": "C3",
           "Backsolve": "C4", "Backsolve-ckpt10": "C5", "CTPG-auto": "C6", "CTPG-rodas5p": "C7",
-          "CTPG-ros34pw2": "C8", "CTPG-rosenbrock23": "C9"}
+          "CTPG-ros34pw2": "C8", "CTPG-rosenbrock23": "C9",
+          # benchmarks/pareto_contact.py: BPTT on the penalty-contact juggler, darker = stiffer
+          "BPTT-Euler soft k=1e+03": "#9ecae1", "BPTT-Euler soft k=1e+04": "#4292c6",
+          "BPTT-Euler soft k=1e+05": "#08519c", "BPTT-Euler soft k=1e+06": "#08306b"}
 ERRORS = {"param_error": "rel. error of dL/dtheta", "full_error": "rel. error of [dL/dx0, dL/dtheta]"}
 
 
