@@ -15,6 +15,16 @@ FLIGHT, STANCE, FALLEN = 0.0, 1.0, 2.0           # values of the mode component 
 TOUCHDOWN, LIFTOFF, FALL = 0, 1, 2               # guard elements
 
 
+def observation_features(x: torch.Tensor) -> torch.Tensor:
+    """The policy's input [N, 7]: (py, vx, vy, foot_x - px, phi, flight, stance). The
+    body's px grows without bound as the hopper runs and nothing depends on it, so the
+    policy sees the foot relative to the body instead (translation invariance), and the
+    mode as two indicators."""
+    mode = x[:, 6]
+    flight, stance = (mode < 0.5).to(x.dtype), ((mode >= 0.5) & (mode < 1.5)).to(x.dtype)
+    return torch.stack([x[:, 1], x[:, 2], x[:, 3], x[:, 4] - x[:, 0], x[:, 5], flight, stance], 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class HopperParams:
     """Physical constants (per unit body mass), cost weights and initial-state ranges of `Hopper`."""
@@ -28,6 +38,7 @@ class HopperParams:
     height_weight: float = 0.1         # weight of (py - l0)^2
     effort_weight: float = 0.01        # weight of (u / bound)^2 of the actuator that acts
     fall_weight: float = 1.0           # extra cost rate once fallen (on top of (0 - v*)^2)
+    servo_time: float = 0.05           # tau (s): the hip servo's time constant in flight
     contact_margin: float = 1e-8       # m: touchdown when the foot is this far below the ground
     height_range: tuple = (1.05, 1.35)  # py0 ~ U(.) x l0 (a drop: vy0 = 0)
     speed_range: tuple = (1.0, 3.0)    # vx0 ~ U(.)
@@ -48,12 +59,16 @@ class Hopper(ControlSystem):
             the foot's horizontal position, the leg angle from vertical (positive: foot
             ahead of the body) and the mode (0 flight, 1 stance, 2 fallen), kept as a
             state component that f reads (ControlSystem.reset).
-    Action  u = (u_swing, u_thrust), k = 2: leg swing rate phi' in flight, bounds
-            +-max_swing_rate (8 rad/s); thrust along the leg in stance, bounds
-            [0, max_thrust] (10 m/s^2, about 1 g; push only, so the ground never pulls).
-            Each acts in its own mode only.
+    Action  u = (u_angle, u_thrust), k = 2: the commanded leg angle in flight, bounds
+            +-max_angle (0.6 rad), which a hip servo of time constant tau (0.05 s)
+            follows; thrust along the leg in stance, bounds [0, max_thrust] (10 m/s^2,
+            about 1 g; push only, so the ground never pulls). Each acts in its own mode
+            only. A commanded angle rather than a swing rate (or torque) because the
+            touchdown angle is SLIP's control variable (Raibert's foot placement, Geyer
+            et al.'s angle of attack), so a policy that outputs a constant already hops,
+            and a hip servo is how Raibert's hoppers swing the leg.
 
-    Flight (mode 0)::   p'' = (0, -g),  phi' = u_swing,  foot_x' = vx + l0 cos(phi) u_swing
+    Flight (mode 0)::   p'' = (0, -g),  phi' = (u_angle - phi) / tau,  foot_x' = vx + l0 cos(phi) phi'
                         (the foot at p + l0 (sin phi, -cos phi)).
     Stance (mode 1)::   foot pinned at (foot_x, 0); l = |p - foot|, e = (p - foot) / l,
                         p'' = (k (l0 - l) + u_thrust) e - (0, g),  foot_x' = 0,
@@ -80,7 +95,7 @@ class Hopper(ControlSystem):
     It must exceed event_tol times the foot's speed (1e-10 x 10 m/s by default).
 
     Cost    w = speed_weight (vx - v*)^2 + height_weight (py - l0)^2
-                + effort_weight ((u_swing / max_swing_rate)^2 in flight, (u_thrust / max_thrust)^2
+                + effort_weight ((u_angle / max_angle)^2 in flight, (u_thrust / max_thrust)^2
                 in stance) + fall_weight once fallen; J = 0. Hopping forward at v* is the
             way to keep the first term small (a point mass in flight is ballistic, so it
             must hop; falling costs v*^2 + fall_weight per second).
@@ -100,7 +115,7 @@ class Hopper(ControlSystem):
     action_dim = 2
     guard_directions = (0, -1, -1)
 
-    def __init__(self, horizon: float = 3.0, max_swing_rate: float = 8.0, max_thrust: float = 10.0,
+    def __init__(self, horizon: float = 3.0, max_angle: float = 0.6, max_thrust: float = 10.0,
                  dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu", **params):
         super().__init__(dtype, device)
         self.horizon = float(horizon)
@@ -111,11 +126,12 @@ class Hopper(ControlSystem):
                              f"{p.leg_length}, {p.stiffness}, {p.gravity}")
         if not 0 < p.fall_height < 1:
             raise ValueError(f"fall_height is a fraction of the leg length in (0, 1), got {p.fall_height}")
-        if not (max_swing_rate > 0 and max_thrust > 0):
-            raise ValueError(f"max_swing_rate and max_thrust must be positive, got {max_swing_rate}, {max_thrust}")
-        self.max_swing_rate, self.max_thrust = float(max_swing_rate), float(max_thrust)
-        self.action_low = torch.tensor([-max_swing_rate, 0.0], dtype=dtype, device=self.device)
-        self.action_high = torch.tensor([max_swing_rate, max_thrust], dtype=dtype, device=self.device)
+        if not (0 < max_angle < math.pi / 2 and max_thrust > 0 and p.servo_time > 0):
+            raise ValueError(f"max_angle must lie in (0, pi/2), max_thrust and servo_time must be positive, got "
+                             f"{max_angle}, {max_thrust}, {p.servo_time}")
+        self.max_angle, self.max_thrust = float(max_angle), float(max_thrust)
+        self.action_low = torch.tensor([-max_angle, 0.0], dtype=dtype, device=self.device)
+        self.action_high = torch.tensor([max_angle, max_thrust], dtype=dtype, device=self.device)
 
     # ------------------------------------------------------------ geometry
     @staticmethod
@@ -152,7 +168,7 @@ class Hopper(ControlSystem):
         zero = torch.zeros_like(x[:, 0])
         length, e = self.leg(x)
         push = p.stiffness * (p.leg_length - length) + u[:, 1]
-        swing = u[:, 0]
+        swing = (u[:, 0] - x[:, 5]) / p.servo_time
         ax = torch.where(stance, push * e[:, 0], zero)
         ay = torch.where(stance, push * e[:, 1], zero) - p.gravity
         dfoot = torch.where(flight, x[:, 2] + p.leg_length * torch.cos(x[:, 5]) * swing, zero)
@@ -164,7 +180,7 @@ class Hopper(ControlSystem):
     def running_cost(self, x, u):
         p = self.params
         flight, stance, fallen = self.modes(x)
-        effort = torch.where(flight, (u[:, 0] / self.max_swing_rate) ** 2,
+        effort = torch.where(flight, (u[:, 0] / self.max_angle) ** 2,
                              torch.where(stance, (u[:, 1] / self.max_thrust) ** 2, torch.zeros_like(u[:, 0])))
         return (p.speed_weight * (x[:, 2] - p.target_speed) ** 2 + p.height_weight * (x[:, 1] - p.leg_length) ** 2
                 + p.effort_weight * effort + p.fall_weight * fallen.to(x.dtype))
