@@ -147,10 +147,10 @@ def test_energy_is_conserved_across_touchdowns_and_lift_offs_without_thrust():
             u = super().forward(x)
             return torch.stack([u[:, 0], torch.zeros_like(u[:, 1])], 1)
 
-    x0 = torch.tensor([state(1.2, 0.0, 0.0), state(1.15, 1.5, 0.15), state(1.3, 2.5, 0.25)], dtype=F64)
-    sol = hybrid_solve(system, NoThrust(system), x0, 1.2, rtol=1e-10, atol=1e-12)
+    x0 = torch.tensor([state(1.1, 0.0, 0.0), state(1.15, 2.0, 0.2)], dtype=F64)
+    sol = hybrid_solve(system, NoThrust(system), x0, 1.0, rtol=1e-10, atol=1e-12)
     e0 = system.energy(x0)
-    counts = torch.zeros(3)
+    counts = torch.zeros(2)
     for e in sol.events:
         assert bool((e.x_plus[:, 6] != FALLEN).all())
         for x in (e.x_minus, e.x_plus):
@@ -162,11 +162,11 @@ def test_energy_is_conserved_across_touchdowns_and_lift_offs_without_thrust():
 
 def test_event_times_match_scipy_solve_ivp_chained_per_mode():
     system = envs.make("hopper")
-    policy = Controller(system, thrust_bias=0.0)           # thrust on: energy changes at every stance
-    row = state(1.25, 1.8, 0.2)
-    sol = hybrid_solve(system, policy, torch.tensor([row], dtype=F64), 1.5)
-    times, which, y_ref = reference_solve(system, policy, row, 1.5)
-    assert len(times) >= 6 and set(which) >= {0, 1}
+    policy = Controller(system, thrust_bias=-1.0)          # thrust on: energy changes at every stance
+    row = state(1.15, 1.8, 0.2)
+    sol = hybrid_solve(system, policy, torch.tensor([row], dtype=F64), 1.0)
+    times, which, y_ref = reference_solve(system, policy, row, 1.0)
+    assert len(times) >= 5 and set(which) >= {0, 1}
     assert [int(e.index[0]) for e in sol.events] == which
     np.testing.assert_allclose([e.time for e in sol.events], times, rtol=0, atol=1e-8)
     np.testing.assert_allclose(sol.y1[0].numpy(), y_ref, rtol=1e-8, atol=1e-8)
@@ -276,3 +276,17 @@ def test_stable_baselines3_accepts_the_hopper():
     import gymnasium
 
     sb3.common.env_checker.check_env(gymnasium.make("ctpg/Hopper-v0", dtype=np.float32).unwrapped, warn=False)
+
+
+@pytest.mark.slow
+def test_the_default_ctpg_run_hops_at_the_target_speed(tmp_path):
+    """`ctpg train --env hopper` (the defaults of agents/config.py): on the 32 held-out
+    drops, the mean forward speed over the second half of the horizon is within 10 % of
+    the 2 m/s target, without a fall, on most starts (README, "Events and impacts", has
+    the measured numbers)."""
+    import agents
+
+    result = agents.train("hopper", "ctpg", logdir=tmp_path / "hopper", quiet=True)
+    final = result.final_eval
+    print("hopper", final)
+    assert final["speed_fraction"] >= 0.6 and final["speed_error"] <= 0.1, final
