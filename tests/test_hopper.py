@@ -50,7 +50,7 @@ class Controller(torch.nn.Module):
         return torch.stack([swing, thrust], 1)
 
 
-def hybrid_solve(system, policy, x0, T, rtol=1e-11, atol=1e-13, event_tol=1e-12, dense=False):
+def hybrid_solve(system, policy, x0, T, rtol=1e-10, atol=1e-12, event_tol=1e-12, dense=False):
     y0 = torch.cat([x0, x0.new_zeros(len(x0), 1)], 1)
     with torch.no_grad():
         return solve_hybrid(closed_loop_rhs(system, policy), system, policy, y0, T, event_tol=event_tol,
@@ -58,9 +58,11 @@ def hybrid_solve(system, policy, x0, T, rtol=1e-11, atol=1e-13, event_tol=1e-12,
                             rtol=rtol, atol=atol, autonomous=True)
 
 
-def reference_solve(system, policy, row, T):
+def reference_solve(system, policy, row, T, rtol=1e-13):
     """(event times [list], event elements [list], final y = [x, cost]) of one sample by
-    DOP853 at rtol 1e-13, solve_ivp's own events, chained across the resets."""
+    DOP853 at rtol (1e-13), solve_ivp's own events, chained across the resets (after a
+    reset that keeps the mode, 1 ns of flow without events, as solve_ivp would find the
+    same root again at once)."""
     d = system.state_dim
 
     def rhs(t, y):
@@ -77,9 +79,9 @@ def reference_solve(system, policy, row, T):
         return hit
 
     t, y, times, which = 0.0, np.concatenate([np.asarray(row, dtype=float), [0.0]]), [], []
+    events = [element(i) for i in range(len(system.guard_directions))]
     while True:
-        sol = solve_ivp(rhs, (t, T), y, method="DOP853", rtol=1e-13, atol=1e-14,
-                        events=[element(i) for i in range(len(system.guard_directions))])
+        sol = solve_ivp(rhs, (t, T), y, method="DOP853", rtol=rtol, atol=1e-14, events=events)
         y = sol.y[:, -1].copy()
         if sol.status != 1:
             return times, which, y
@@ -88,7 +90,12 @@ def reference_solve(system, policy, row, T):
         times.append(t)
         which.append(i)
         with torch.no_grad():
-            y[:d] = system.reset(torch.tensor(y[None, :d], dtype=F64), torch.tensor([i]))[0].numpy()
+            y_plus = system.reset(torch.tensor(y[None, :d], dtype=F64), torch.tensor([i]))[0].numpy()
+        if y_plus[6] == y[6]:       # a brushing foot keeps its mode, and its guard sits at 0: step off
+            sol = solve_ivp(rhs, (t, t + 1e-9), y, method="DOP853", rtol=rtol, atol=1e-14)   # it before re-arming
+            t, y_plus = t + 1e-9, sol.y[:d, -1]
+            y[d] = sol.y[d, -1]
+        y[:d] = y_plus
 
 
 def fd(fun, value, step=1e-3):
@@ -174,28 +181,29 @@ def test_event_times_match_scipy_solve_ivp_chained_per_mode():
 
 def test_ctpg_gradient_through_several_hops_matches_central_differences():
     """float64, tight tolerances: the gradient along a random direction of the policy's
-    parameters and of x0 (two samples, different touchdown times, >= 3 touchdowns and
-    lift-offs each) against a central difference of scipy's cost."""
-    system = envs.make("hopper", horizon=1.2)
+    parameters and of x0 (two samples, different touchdown times, 4 touchdowns and 3
+    lift-offs or more in all) against a central difference of scipy's cost."""
+    system = envs.make("hopper", horizon=1.0)
     policy = Controller(system, thrust_bias=-1.0, scale=0.3)
-    x0 = torch.tensor([state(1.25, 1.8, 0.2), state(1.1, 2.4, 0.3)], dtype=F64)
-    count = hybrid_solve(system, policy, x0, 1.2)
-    assert sum(int(((e.index == 0) & (e.x_plus[:, 6] == STANCE)).sum()) for e in count.events) >= 6
-    assert sum(int((e.index == 1).sum()) for e in count.events) >= 5
+    x0 = torch.tensor([state(1.05, 1.8, 0.2), state(1.1, 2.4, 0.3)], dtype=F64)
+    count = hybrid_solve(system, policy, x0, 1.0, rtol=1e-8, atol=1e-10)
+    assert sum(int(((e.index == 0) & (e.x_plus[:, 6] == STANCE)).sum()) for e in count.events) >= 4
+    assert sum(int((e.index == 1).sum()) for e in count.events) >= 3
     x0_ = x0.clone().requires_grad_(True)
-    loss, _ = CTPG(**TIGHT)(system, policy, x0_, 1.2)
+    loss, _ = CTPG(**TIGHT)(system, policy, x0_, 1.0)
     loss.backward()
     params = list(policy.parameters())
     flat = torch.nn.utils.parameters_to_vector(params).detach().clone()
     grad = torch.nn.utils.parameters_to_vector([p.grad for p in params])
     direction = torch.randn(flat.numel() + x0.numel(), generator=torch.Generator().manual_seed(1), dtype=F64)
     direction[flat.numel():].view(2, 7)[:, [0, 3, 4, 5, 6]] = 0       # move py0, vx0 (x0 stays a drop)
+    direction /= direction.norm()                                       # a unit step: 1e-3 is small
     estimate = float(direction[:flat.numel()] @ grad + direction[flat.numel():] @ x0_.grad.flatten())
 
     def cost(s):
         torch.nn.utils.vector_to_parameters(flat + s * direction[:flat.numel()], params)
         x = x0 + s * direction[flat.numel():].view_as(x0)
-        return sum(reference_solve(system, policy, row, 1.2)[2][-1] for row in x.numpy()) / 2
+        return sum(reference_solve(system, policy, row, 1.0, rtol=1e-12)[2][-1] for row in x.numpy()) / 2
 
     reference = fd(cost, 0.0)
     torch.nn.utils.vector_to_parameters(flat, params)
@@ -205,27 +213,27 @@ def test_ctpg_gradient_through_several_hops_matches_central_differences():
 
 
 def test_a_batch_gives_each_sample_what_it_gets_alone():
-    """Four drops that touch down at different times: the batch's split mesh gives every
-    sample the cost, final state and x0 gradient it gets when solved alone."""
-    system = envs.make("hopper", horizon=1.0)
+    """Three drops that touch down at different times: the batch's split mesh gives every
+    sample the cost, event count and x0 gradient it gets when solved alone."""
+    system = envs.make("hopper", horizon=0.7)
     policy = Controller(system, thrust_bias=0.0)
-    x0 = torch.tensor([state(1.05, 1.0, 0.15), state(1.2, 2.0, 0.2), state(1.35, 3.0, 0.35),
-                       state(1.15, 0.5, 0.1)], dtype=F64)
-    est = CTPG(rtol=1e-10, atol=1e-12, event_tol=1e-12)
+    x0 = torch.tensor([state(1.05, 1.0, 0.15), state(1.2, 2.0, 0.2), state(1.35, 3.0, 0.35)], dtype=F64)
+    est = CTPG(rtol=1e-9, atol=1e-11, event_tol=1e-12)
     x_ = x0.clone().requires_grad_(True)
-    loss, info = est(system, policy, x_, 1.0)
+    loss, info = est(system, policy, x_, 0.7)
     loss.backward()
-    sol = hybrid_solve(system, policy, x0, 1.0, rtol=1e-10, atol=1e-12)
-    firsts = [next(e.time for e in sol.events if i in e.rows.tolist()) for i in range(4)]
-    assert len(set(round(t, 6) for t in firsts)) == 4           # touchdowns at four different times
-    for i in range(4):
+    sol = hybrid_solve(system, policy, x0, 0.7, rtol=1e-9, atol=1e-11)
+    firsts = [next(e.time for e in sol.events if i in e.rows.tolist()) for i in range(3)]
+    assert len(set(round(t, 6) for t in firsts)) == 3           # touchdowns at three different times
+    for i in range(3):
         xi = x0[i:i + 1].clone().requires_grad_(True)
-        loss_i, _ = est(system, policy, xi, 1.0)
+        loss_i, info_i = est(system, policy, xi, 0.7)
         loss_i.backward()
-        alone = hybrid_solve(system, policy, x0[i:i + 1], 1.0, rtol=1e-10, atol=1e-12)
-        assert len(alone.events) == sum(i in e.rows.tolist() for e in sol.events)
-        torch.testing.assert_close(sol.y1[i], alone.y1[0], rtol=1e-7, atol=1e-8)
-        torch.testing.assert_close(4 * x_.grad[i], xi.grad[0], rtol=1e-6, atol=1e-7)
+        alone = hybrid_solve(system, policy, x0[i:i + 1], 0.7, rtol=1e-9, atol=1e-11)
+        assert len(alone.events) == sum(i in e.rows.tolist() for e in sol.events) >= 2
+        torch.testing.assert_close(sol.y1[i], alone.y1[0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(info.costs[i], info_i.costs[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(3 * x_.grad[i], xi.grad[0], rtol=1e-5, atol=1e-6)
 
 
 def test_a_grazing_touchdown_names_its_time_and_sample():
@@ -272,10 +280,11 @@ def test_gym_hopper_check_env_steps_and_renders():
 
 
 def test_stable_baselines3_accepts_the_hopper():
-    sb3 = pytest.importorskip("stable_baselines3")
+    pytest.importorskip("stable_baselines3")
     import gymnasium
+    from stable_baselines3.common.env_checker import check_env
 
-    sb3.common.env_checker.check_env(gymnasium.make("ctpg/Hopper-v0", dtype=np.float32).unwrapped, warn=False)
+    check_env(gymnasium.make("ctpg/Hopper-v0", dtype=np.float32).unwrapped, warn=False)
 
 
 @pytest.mark.slow
