@@ -101,7 +101,7 @@ class Hopper(ControlSystem):
             must hop; falling costs v*^2 + fall_weight per second).
     x0      a drop from apex: px = 0, py ~ U(1.05, 1.35) l0, vx ~ U(1, 3), vy = 0,
             phi ~ U(0.15, 0.35), foot_x = px + l0 sin phi, flight; the foot clears the
-            ground by 0.1-0.4 l0, so samples touch down at different times.
+            ground by 0.06-0.41 l0, so samples touch down at different times.
     Horizon T = 3 (about 5 hops at v* = 2).
     Energy  with zero thrust the stance and flight conserve E = (vx^2 + vy^2)/2 + g py +
             k (l0 - l)^2 / 2 (stance), and the events are continuous in (p, v): E is
