@@ -230,11 +230,7 @@ class Hopper(ControlSystem):
         high = torch.tensor([0.5, 1.5, 3.0, 2.0, 0.5, 0.4, 0.0], dtype=self.dtype, device=self.device)
         return low, high
 
-    # ------------------------------------------------------------ metrics, drawing
-    def forward_speed(self, px_half: torch.Tensor, px_end: torch.Tensor) -> torch.Tensor:
-        """Mean forward speed over the second half of the horizon [N] from px at T/2 and T."""
-        return (px_end - px_half) / (0.5 * self.horizon)
-
+    # ------------------------------------------------------------ drawing
     def render(self, x, width: int = 320, height: int = 240) -> np.ndarray:
         """An rgb_array [height, width, 3] uint8: the ground (with a tick every 0.5 l0,
         so forward motion shows), the leg (a line body -> foot) and the body (a disk),

@@ -260,6 +260,25 @@ def test_a_fall_ends_in_the_fallen_mode_and_is_invalid():
     assert not bool(system.valid(end)[0]) and bool(system.valid(x0)[0])
 
 
+def test_the_trainers_evaluation_hops_through_the_events():
+    """agents.evaluation.rollout solves a hybrid system through its events: its states at
+    T/2 and T are those of the hybrid solve, and the speed metric reads them."""
+    from agents.evaluation import metrics, rollout
+
+    system = envs.make("hopper", horizon=0.8)
+    policy = Controller(system, thrust_bias=-1.0)
+    x0 = torch.tensor([state(1.1, 2.0, 0.2), state(1.3, 1.5, 0.25)], dtype=F64)
+    run = rollout(system, policy, x0, 0.8, rtol=1e-8, atol=1e-10, n_times=5)
+    half = hybrid_solve(system, policy, x0, 0.4, rtol=1e-8, atol=1e-10, event_tol=1e-10)
+    end = hybrid_solve(system, policy, x0, 0.8, rtol=1e-8, atol=1e-10, event_tol=1e-10)
+    assert len(end.events) >= 4
+    torch.testing.assert_close(run.states[2], half.y1[:, :7], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(run.final, end.y1[:, :7], rtol=1e-5, atol=1e-6)
+    speed = (end.y1[:, 0] - half.y1[:, 0]) / 0.4
+    error = ((speed - 2.0).abs() / 2.0).median().item()
+    assert metrics("hopper", system, run, x0)["speed_error"] == pytest.approx(error, rel=1e-4)
+
+
 def test_gym_hopper_check_env_steps_and_renders():
     import gymnasium
     from gymnasium.utils.env_checker import check_env
