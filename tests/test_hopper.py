@@ -1,10 +1,11 @@
 """The SLIP hopper (envs.hopper): energy through touchdowns and lift-offs, event times
 against scipy, CTPG gradients against central differences, batching, gym.
 
-Reference: the same closed loop solved by scipy's DOP853 at rtol 1e-13 with
-solve_ivp's own event location (one terminal event per guard element, in its
+Reference: the same closed loop solved by scipy's DOP853 (rtol 1e-13; 1e-11 inside the
+central differences) with solve_ivp's own event location (one terminal event per guard element, in its
 direction, chained across the resets), independent of ctpg's solvers and Watch;
-gradients of its cost by a fourth-order central difference (step 1e-3 in float64).
+gradients of its cost by a fourth-order central difference (step 1e-3 along a unit
+direction, float64).
 The test policy is a foot-placement controller (Raibert 1986: the leg swung towards
 the angle asin(vx Ts / 2 l0) that balances the stance) plus a small tanh MLP, both
 squashed smoothly inside the action bounds, so the clamp's kinks are never met.
@@ -25,7 +26,6 @@ from ctpg.estimators.hybrid import GrazingEventError, HybridEvent, check_transve
 from envs.hopper import FALLEN, FLIGHT, STANCE, observation_features
 
 F64 = torch.float64
-TIGHT = dict(rtol=1e-11, atol=1e-13, event_tol=1e-12)
 STANCE_TIME = 0.18          # about the stance time of the default leg (pi sqrt(m/k) = 0.199 less the arc)
 
 
@@ -180,7 +180,7 @@ def test_event_times_match_scipy_solve_ivp_chained_per_mode():
 
 
 def test_ctpg_gradient_through_several_hops_matches_central_differences():
-    """float64, tight tolerances: the gradient along a random direction of the policy's
+    """float64, tight tolerances (rtol 1e-10): the gradient along a random direction of the policy's
     parameters and of x0 (two samples, different touchdown times, 4 touchdowns and 3
     lift-offs or more in all) against a central difference of scipy's cost."""
     system = envs.make("hopper", horizon=1.0)
@@ -190,7 +190,7 @@ def test_ctpg_gradient_through_several_hops_matches_central_differences():
     assert sum(int(((e.index == 0) & (e.x_plus[:, 6] == STANCE)).sum()) for e in count.events) >= 4
     assert sum(int((e.index == 1).sum()) for e in count.events) >= 3
     x0_ = x0.clone().requires_grad_(True)
-    loss, _ = CTPG(**TIGHT)(system, policy, x0_, 1.0)
+    loss, _ = CTPG(rtol=1e-10, atol=1e-12, event_tol=1e-12)(system, policy, x0_, 1.0)
     loss.backward()
     params = list(policy.parameters())
     flat = torch.nn.utils.parameters_to_vector(params).detach().clone()
@@ -203,7 +203,7 @@ def test_ctpg_gradient_through_several_hops_matches_central_differences():
     def cost(s):
         torch.nn.utils.vector_to_parameters(flat + s * direction[:flat.numel()], params)
         x = x0 + s * direction[flat.numel():].view_as(x0)
-        return sum(reference_solve(system, policy, row, 1.0, rtol=1e-12)[2][-1] for row in x.numpy()) / 2
+        return sum(reference_solve(system, policy, row, 1.0, rtol=1e-11)[2][-1] for row in x.numpy()) / 2
 
     reference = fd(cost, 0.0)
     torch.nn.utils.vector_to_parameters(flat, params)
@@ -215,21 +215,21 @@ def test_ctpg_gradient_through_several_hops_matches_central_differences():
 def test_a_batch_gives_each_sample_what_it_gets_alone():
     """Three drops that touch down at different times: the batch's split mesh gives every
     sample the cost, event count and x0 gradient it gets when solved alone."""
-    system = envs.make("hopper", horizon=0.7)
+    system = envs.make("hopper", horizon=0.6)
     policy = Controller(system, thrust_bias=0.0)
     x0 = torch.tensor([state(1.05, 1.0, 0.15), state(1.2, 2.0, 0.2), state(1.35, 3.0, 0.35)], dtype=F64)
     est = CTPG(rtol=1e-9, atol=1e-11, event_tol=1e-12)
     x_ = x0.clone().requires_grad_(True)
-    loss, info = est(system, policy, x_, 0.7)
+    loss, info = est(system, policy, x_, 0.6)
     loss.backward()
-    sol = hybrid_solve(system, policy, x0, 0.7, rtol=1e-9, atol=1e-11)
+    sol = hybrid_solve(system, policy, x0, 0.6, rtol=1e-9, atol=1e-11)
     firsts = [next(e.time for e in sol.events if i in e.rows.tolist()) for i in range(3)]
     assert len(set(round(t, 6) for t in firsts)) == 3           # touchdowns at three different times
     for i in range(3):
         xi = x0[i:i + 1].clone().requires_grad_(True)
-        loss_i, info_i = est(system, policy, xi, 0.7)
+        loss_i, info_i = est(system, policy, xi, 0.6)
         loss_i.backward()
-        alone = hybrid_solve(system, policy, x0[i:i + 1], 0.7, rtol=1e-9, atol=1e-11)
+        alone = hybrid_solve(system, policy, x0[i:i + 1], 0.6, rtol=1e-9, atol=1e-11)
         assert len(alone.events) == sum(i in e.rows.tolist() for e in sol.events) >= 2
         torch.testing.assert_close(sol.y1[i], alone.y1[0], rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(info.costs[i], info_i.costs[0], rtol=1e-6, atol=0)
