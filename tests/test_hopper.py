@@ -2,10 +2,10 @@
 against scipy, CTPG gradients against central differences, batching, gym.
 
 Reference: the same closed loop solved by scipy's DOP853 (rtol 1e-13; 1e-11 inside the
-central differences) with solve_ivp's own event location (one terminal event per guard element, in its
-direction, chained across the resets), independent of ctpg's solvers and Watch;
-gradients of its cost by a fourth-order central difference (step 1e-3 along a unit
-direction, float64).
+central differences) with solve_ivp's own event location (one terminal event per guard
+element, in its direction, chained across the resets), independent of ctpg's solvers
+and Watch; gradients of its cost by a fourth-order central difference (step 1e-3 along
+a unit direction, float64).
 The test policy is a foot-placement controller (Raibert 1986: the leg swung towards
 the angle asin(vx Ts / 2 l0) that balances the stance) plus a small tanh MLP, both
 squashed smoothly inside the action bounds, so the clamp's kinks are never met.
