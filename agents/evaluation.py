@@ -43,8 +43,10 @@ def rollout(system, policy, x0: torch.Tensor, horizon: float, *, method: str = "
     Costs one adaptive forward solve (f, policy and running cost at every stage, no
     Jacobians) plus n_times evaluations of the dense output. rtol is raised to 100
     machine epsilons of x0's dtype where it asks for more than the dtype can give
-    (float32: 1.2e-5). Raises whatever the
-    solver raises when the closed loop blows up (step size underflow, max steps).
+    (float32: 1.2e-5). A hybrid system (guards: the juggler, the hopper) is solved
+    through its events (ctpg.estimators.hybrid.solve_hybrid, event_tol 1e-10) and the
+    grid read from its pieces. Raises whatever the solver raises when the closed loop
+    blows up (step size underflow, max steps; GrazingEventError at a tangential event).
     """
     from ctpg.estimators.closed_loop import closed_loop_rhs
     from ctpg.solvers import solve
@@ -55,15 +57,38 @@ def rollout(system, policy, x0: torch.Tensor, horizon: float, *, method: str = "
     rtol = max(rtol, 100 * torch.finfo(x0.dtype).eps)
     with torch.no_grad():
         y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 1)], 1)
-        sol = solve(closed_loop, y0, 0.0, float(horizon), method=method, rtol=rtol, atol=atol,
-                    dense=True)
+        if system.has_events:       # impacts and mode switches: located and reset, as CTPG does
+            from ctpg.estimators.hybrid import solve_hybrid
+            sol = solve_hybrid(closed_loop, system, saturated_policy(policy, system), y0, float(horizon),
+                               event_tol=1e-10, max_events=100_000, grazing=1e-8, max_steps=1_000_000,
+                               dense=True, method=method, rtol=rtol, atol=atol, autonomous=True)
+            path = _PiecewisePath([p for p in sol.pieces if p is not None])
+        else:
+            sol = solve(closed_loop, y0, 0.0, float(horizon), method=method, rtol=rtol, atol=atol,
+                        dense=True)
+            path = sol.trajectory
         final = sol.y1[:, :d]
         costs = sol.y1[:, d] + system.terminal_cost(final)
         # the grid in Python floats: a float32 linspace rounds T past the stored trajectory
         grid = [float(horizon) * i / (n_times - 1) for i in range(n_times)]
-        states = torch.stack([sol.trajectory.evaluate(t)[:, :d] for t in grid])
+        states = torch.stack([path.evaluate(t)[:, :d] for t in grid])
         times = torch.tensor(grid, dtype=x0.dtype, device=x0.device)
     return Rollout(times, states, costs, final)
+
+
+class _PiecewisePath:
+    """The pieces of a hybrid forward pass (Trajectory per interval between events) read
+    as one path: t is evaluated on the last piece that contains it, so at an event time
+    the post-event state is returned."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def evaluate(self, t: float) -> torch.Tensor:
+        for piece in reversed(self.pieces):
+            if piece.t0 <= t:
+                return piece.evaluate(min(t, piece.t1))
+        return self.pieces[0].evaluate(t)
 
 
 def angle_from_upright(theta: torch.Tensor, upright: float = 0.0) -> torch.Tensor:
@@ -115,6 +140,17 @@ def _electric(system, run: Rollout, x0) -> dict:
     return {"goal_distance_rms": math.sqrt(max(run.costs.mean().item(), 0.0) / horizon)}
 
 
+def _hopper(system, run: Rollout, x0) -> dict:
+    """Mean forward speed over the second half of the horizon against the target: the
+    median relative error and the fraction of starts within 10 % that have not fallen."""
+    half = (run.times.numel() - 1) // 2
+    speed = (run.final[:, 0] - run.states[half, :, 0]) / (run.times[-1] - run.times[half])
+    target = system.params.target_speed
+    error = (speed - target).abs() / target
+    ok = (error <= 0.1) & system.valid(run.final)
+    return {"speed_error": error.median().item(), "speed_fraction": ok.double().mean().item()}
+
+
 def _generic(system, run: Rollout, x0) -> dict:
     return {"final_state_norm": run.final.norm(dim=1).median().item()}
 
@@ -129,6 +165,7 @@ METRICS: dict[str, Callable] = {
     "pendulum": _upright(0, math.pi),      # angle from hanging, upright at pi
     "lqr": _lqr,
     "electric": _electric,
+    "hopper": _hopper,
 }
 
 

@@ -52,6 +52,9 @@ TAGS: dict[str, str] = {
     "eval/cost_ratio_lqr": ("lqr: mean eval cost over the mean cost of the optimal stationary gain u = -Kx, "
                             "exact, over the run's horizon (--horizon) from the same starts; 1 matches it."),
     "eval/goal_distance_rms": "electric: root-mean-square distance of the particle to the moving goal over [0, T].",
+    "eval/speed_error": ("hopper: median over the held-out starts of |mean forward speed over the second half of "
+                         "the horizon - target| / target."),
+    "eval/speed_fraction": "hopper: fraction of held-out starts within 10 % of the target speed and not fallen.",
     "eval/final_state_norm": "Other environments: median norm of the final state.",
 }
 FIGURE_TAG = "eval/trajectories"

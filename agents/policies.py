@@ -148,11 +148,17 @@ def _electric_features(system) -> nn.Module:
     return FeatureMap(features, 8, "electric.observation_features")
 
 
+def _hopper_features(system) -> nn.Module:
+    from envs.hopper import observation_features
+    return FeatureMap(observation_features, 7, "hopper.observation_features")
+
+
 # Input maps per environment name: a factory from the system to a module with `out_dim`.
 # Angles go through (cos, sin) so that the policy sees a heading of 0 and 2 pi alike.
 FEATURES: dict[str, Callable[[object], nn.Module]] = {
     "diffdrive": _diffdrive_features,
     "electric": _electric_features,
+    "hopper": _hopper_features,
     "cartpole": lambda s: AngleFeatures(s.state_dim, (1,)),   # (x, theta, xdot, thetadot)
     "pendulum": lambda s: AngleFeatures(s.state_dim, (0,)),   # (theta, thetadot)
     "double_pendulum": lambda s: AngleFeatures(s.state_dim, (0, 1)),   # (theta1, theta2, w1, w2)

@@ -62,6 +62,7 @@ register("electric", _lazy("envs.electric:Electric"))
 register("pendulum", _lazy("envs.pendulum:Pendulum"))
 register("double_pendulum", _lazy("envs.double_pendulum:DoublePendulum"))
 register("juggler", _lazy("envs.juggler:Juggler"))
+register("hopper", _lazy("envs.hopper:Hopper"))
 
 try:  # gymnasium is an optional layer: the core systems work without it
     import gymnasium as _gymnasium  # noqa: F401

@@ -72,6 +72,7 @@ GYM_ENVS = {
     "ctpg/Pendulum-v0": ("pendulum", {"drawing": "pole"}),
     "ctpg/DoublePendulum-v0": ("double_pendulum", {"drawing": "double_pole"}),
     "ctpg/Juggler-v0": ("juggler", {}),
+    "ctpg/Hopper-v0": ("hopper", {}),
 }
 DRAWINGS = ("system", "xy", "pole", "double_pole", "diffdrive", "quadrotor", "electric")
 DTYPES = (np.float64, np.float32)

@@ -83,7 +83,7 @@ def directional_difference(system, policy, x0, direction) -> float:
 def test_ctpg_gradient_matches_finite_differences(name):
     system = envs.make(name)
     if system.has_events:     # this reference steps through impacts; tests/test_hybrid.py checks those
-        pytest.skip(f"{name} has impacts: its gradients are checked in tests/test_hybrid.py")
+        pytest.skip(f"{name} has impacts: its gradients are checked in tests/test_hybrid.py and tests/test_hopper.py")
     policy = MLPPolicy(system, fraction=RANGE.get(name, 0.9))
     x0 = system.sample_initial_state(BATCH, torch.Generator().manual_seed(0)).requires_grad_(True)
     loss, _ = ctpg.CTPG(method="dopri5", rtol=1e-9, atol=1e-9)(system, policy, x0, T)
