@@ -74,6 +74,10 @@ GYM_ENVS = {
     "ctpg/Juggler-v0": ("juggler", {}),
     "ctpg/Hopper-v0": ("hopper", {}),
 }
+# registered systems with no gym id: model variants whose gym counterpart is another id
+# (juggler_soft, the penalty-contact baseline of `ctpg bench pareto --env juggler`: an RL
+# agent sees the impacts themselves in ctpg/Juggler-v0)
+WITHOUT_GYM_ID = ("juggler_soft",)
 DRAWINGS = ("system", "xy", "pole", "double_pole", "diffdrive", "quadrotor", "electric")
 DTYPES = (np.float64, np.float32)
 

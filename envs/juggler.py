@@ -151,7 +151,10 @@ class SoftJuggler(Juggler):
     f is continuous (its derivative jumps at d = 0), and as k grows the trajectory tends
     to the hybrid one with a contact lasting ~pi / sqrt(k) s. The model's bias in the
     gradient falls with k, while an explicit integrator needs steps dt << 1/sqrt(k):
-    the trade-off the Pareto benchmark measures.
+    the trade-off the Pareto benchmark measures. The damper's force c d' jumps from 0 at
+    contact onset, so f is discontinuous there: a gradient by autograd through fixed steps
+    (or any smooth adjoint) misses the onset time's dependence on the parameters, a bias
+    that grows with k (measured in docs/benchmarks/pareto.md).
 
     contact_stiffness k [1/s^2] (1e4 by default: a 31 ms contact); every other parameter
     as `Juggler`.
