@@ -24,6 +24,7 @@ from ctpg.estimators import CTPG
 from ctpg.estimators.closed_loop import closed_loop_rhs
 from ctpg.estimators.hybrid import GrazingEventError, HybridEvent, check_transversal, solve_hybrid
 from envs.hopper import FALLEN, FLIGHT, STANCE, observation_features
+from hybrid_reference import scipy_closed_loop
 
 F64 = torch.float64
 STANCE_TIME = 0.18          # about the stance time of the default leg (pi sqrt(m/k) = 0.199 less the arc)
@@ -64,22 +65,8 @@ def reference_solve(system, policy, row, T, rtol=1e-13):
     reset that keeps the mode, 1 ns of flow without events, as solve_ivp would find the
     same root again at once)."""
     d = system.state_dim
-
-    def rhs(t, y):
-        with torch.no_grad():
-            x = torch.tensor(y[None, :d], dtype=F64)
-            u = policy(x)
-            return np.concatenate([system.f(x, u)[0].numpy(), system.running_cost(x, u).numpy()])
-
-    def element(i):
-        def hit(t, y):
-            with torch.no_grad():
-                return float(system.guards(torch.tensor(y[None, :d], dtype=F64))[0, i])
-        hit.terminal, hit.direction = True, system.guard_directions[i]
-        return hit
-
+    rhs, events = scipy_closed_loop(system, policy)
     t, y, times, which = 0.0, np.concatenate([np.asarray(row, dtype=float), [0.0]]), [], []
-    events = [element(i) for i in range(len(system.guard_directions))]
     while True:
         sol = solve_ivp(rhs, (t, T), y, method="DOP853", rtol=rtol, atol=1e-14, events=events)
         y = sol.y[:, -1].copy()

@@ -19,6 +19,7 @@ from ctpg.estimators import BPTT, CTPG, Backsolve
 from ctpg.estimators.hybrid import GrazingEventError, HybridEvent, check_transversal, solve_hybrid
 from ctpg.estimators.closed_loop import closed_loop_rhs
 from ctpg.system import ControlSystem
+from hybrid_reference import scipy_closed_loop
 
 F64 = torch.float64
 DRAG = 0.3
@@ -226,26 +227,13 @@ def system_reference_cost(system, policy, x0, T):
     """Mean cost of any hybrid system under a torch policy by DOP853 at rtol 1e-13, with
     solve_ivp's event location on each guard element in its direction, chained."""
     d = system.state_dim
-
-    def torch_rhs(t, y):
-        with torch.no_grad():
-            x = torch.tensor(y[None, :d], dtype=F64)
-            u = policy(x)
-            return np.concatenate([system.f(x, u)[0].numpy(), system.running_cost(x, u).numpy()])
-
-    def element(i):
-        def hit(t, y):
-            with torch.no_grad():
-                return float(system.guards(torch.tensor(y[None, :d], dtype=F64))[0, i])
-        hit.terminal, hit.direction = True, system.guard_directions[i]
-        return hit
-
+    torch_rhs, events = scipy_closed_loop(system, policy)
     total = 0.0
     for row in x0:
         t, y = 0.0, np.concatenate([row, [0.0]])
         while True:
             sol = solve_ivp(torch_rhs, (t, T), y, method="DOP853", rtol=1e-13, atol=1e-14,
-                            events=[element(i) for i in range(len(system.guard_directions))])
+                            events=events)
             y = sol.y[:, -1].copy()
             if sol.status != 1:
                 break
