@@ -62,7 +62,7 @@ def rollout(system, policy, x0: torch.Tensor, horizon: float, *, method: str = "
             sol = solve_hybrid(closed_loop, system, saturated_policy(policy, system), y0, float(horizon),
                                event_tol=1e-10, max_events=100_000, grazing=1e-8, max_steps=1_000_000,
                                dense=True, method=method, rtol=rtol, atol=atol, autonomous=True)
-            path = _PiecewisePath([p for p in sol.pieces if p is not None])
+            path = sol             # reads each time from its piece between events
         else:
             sol = solve(closed_loop, y0, 0.0, float(horizon), method=method, rtol=rtol, atol=atol,
                         dense=True)
@@ -74,21 +74,6 @@ def rollout(system, policy, x0: torch.Tensor, horizon: float, *, method: str = "
         states = torch.stack([path.evaluate(t)[:, :d] for t in grid])
         times = torch.tensor(grid, dtype=x0.dtype, device=x0.device)
     return Rollout(times, states, costs, final)
-
-
-class _PiecewisePath:
-    """The pieces of a hybrid forward pass (Trajectory per interval between events) read
-    as one path: t is evaluated on the last piece that contains it, so at an event time
-    the post-event state is returned."""
-
-    def __init__(self, pieces):
-        self.pieces = pieces
-
-    def evaluate(self, t: float) -> torch.Tensor:
-        for piece in reversed(self.pieces):
-            if piece.t0 <= t:
-                return piece.evaluate(min(t, piece.t1))
-        return self.pieces[0].evaluate(t)
 
 
 def angle_from_upright(theta: torch.Tensor, upright: float = 0.0) -> torch.Tensor:

@@ -124,6 +124,13 @@ def cheapest_at(curve, target: float, cost: str, error: str):
     return None, False
 
 
+def best_ctpg_at(curves, level: float, cost: str, error: str):
+    """(cost, exact) of the cheapest CTPG solver (labels "CTPG...") to reach `level` of
+    `error`, as `cheapest_at` reads each; (None, False) if none does."""
+    found = [cheapest_at(curves[k], level, cost, error) for k in curves if k.startswith("CTPG")]
+    return min((f for f in found if f[0] is not None), default=(None, False))
+
+
 def floors(curves, target: float, error: str, costs) -> dict:
     """At `target` of `error`: BPTT-Euler's cost over the best CTPG solver's for each cost
     axis, and whether the best CTPG solver is at most as dear as each Backsolve variant, on
@@ -136,12 +143,9 @@ def floors(curves, target: float, error: str, costs) -> dict:
     dearest try over CTPG's cost at the target).
     """
     out = {"error": error, "target": target}
-    ctpg_labels = [k for k in curves if k.startswith("CTPG")]
 
     def best_ctpg(level, cost):
-        found = [cheapest_at(curves[k], level, cost, error) for k in ctpg_labels]
-        found = [f for f in found if f[0] is not None]
-        return min(found, default=(None, False))
+        return best_ctpg_at(curves, level, cost, error)
 
     for cost in costs:
         bptt, _ = cheapest_at(curves["BPTT-Euler"], target, cost, error)
@@ -250,11 +254,17 @@ def print_summary(result):
           "1e-2..1e-6 it reaches.")
     for name, table in result["floors"].items():
         print(f"floors on {name}" + ("  (primary)" if name == result["primary_error"] else ""))
-        for key, value in table.items():
-            if key.endswith("_is_lower_bound"):
-                continue
-            if value is None:
-                print(f"  {key}: n/a (not reached at the target)")
-            else:
-                bound = ">= " if table.get(f"{key}_is_lower_bound") else ""
-                print(f"  {key}: {bound}{value:.3g}" if isinstance(value, float) else f"  {key}: {value}")
+        print_floor_table(table)
+
+
+def print_floor_table(table: dict) -> None:
+    """One line per floor: a ratio marked >= where `<key>_is_lower_bound` says it is a
+    lower bound, n/a where it was not reached."""
+    for key, value in table.items():
+        if key.endswith("_is_lower_bound"):
+            continue
+        if value is None:
+            print(f"  {key}: n/a (not reached at the target)")
+        else:
+            bound = ">= " if table.get(f"{key}_is_lower_bound") else ""
+            print(f"  {key}: {bound}{value:.3g}" if isinstance(value, float) else f"  {key}: {value}")

@@ -33,7 +33,7 @@ import torch
 
 import ctpg
 import envs
-from benchmarks._common import cheapest_at, median_curves, plot
+from benchmarks._common import best_ctpg_at, median_curves, plot, print_floor_table
 from benchmarks._config import publish, torch_threads
 from benchmarks.pareto import REFERENCE, check_against_finite_differences, gradient, make_policy, sweep_records
 
@@ -87,20 +87,15 @@ def contact_floors(curves: dict, error: str = "param_error") -> dict:
     ctpg_labels = [k for k in curves if k.startswith("CTPG")]
     bptt_points = [(label, p) for label, curve in curves.items() if label.startswith("BPTT") for p in curve]
     out = {"error": error, "target": TARGET}
-
-    def best_ctpg(level, cost):
-        found = [cheapest_at(curves[k], level, cost, error) for k in ctpg_labels]
-        return min((f for f in found if f[0] is not None), default=(None, False))
-
     for cost in COSTS:
-        out[f"ctpg_cost_at_target_{cost}"] = best_ctpg(TARGET, cost)[0]
+        out[f"ctpg_cost_at_target_{cost}"] = best_ctpg_at(curves, TARGET, cost, error)[0]
     out["ctpg_reaches_target"] = out["ctpg_cost_at_target_oracle_evals"] is not None
     out["ctpg_best_error"] = min((p[error] for k in ctpg_labels for p in curves[k]), default=None)
     if bptt_points:
         label, best = min(bptt_points, key=lambda lp: lp[1][error])
         out.update(bptt_best_error=best[error], bptt_best_at=f"{label}, dt {best['setting']:g}")
         for cost in COSTS:
-            ctpg_cost, exact = best_ctpg(best[error], cost)
+            ctpg_cost, exact = best_ctpg_at(curves, best[error], cost, error)
             out[f"bptt_over_ctpg_{cost}"] = None if ctpg_cost is None else best[cost] / ctpg_cost
             out[f"bptt_over_ctpg_{cost}_is_lower_bound"] = ctpg_cost is not None and not exact
     return out
@@ -128,12 +123,7 @@ def print_summary(result: dict) -> None:
     print("Floors (median over starts, relative error of dL/dtheta): ctpg_cost_at_target_<cost> = CTPG's "
           "cheapest cost at 1e-4; bptt_over_ctpg_<cost> = BPTT's cost at its best error over CTPG's at that "
           "error (>= : a lower bound)")
-    table = result["floors"]
-    for key, value in table.items():
-        if key.endswith("_is_lower_bound"):
-            continue
-        bound = ">= " if table.get(f"{key}_is_lower_bound") else ""
-        print(f"  {key}: {bound}{value:.3g}" if isinstance(value, float) else f"  {key}: {value}")
+    print_floor_table(result["floors"])
 
 
 def main(cfg, budget: str, runner) -> dict:

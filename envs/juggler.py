@@ -147,9 +147,8 @@ class SoftJuggler(Juggler):
     Kelvin-Voigt contact force per unit mass F = max(0, k d + c (w - v)), with
     c = 2 zeta sqrt(k) and zeta from `contact_damping_ratio(e)`, so the contact's
     restitution equals the hybrid juggler's e (gravity neglected during the contact);
-    the paddle, much heavier, feels nothing (as in the hybrid reset). No guards:
-    f is continuous (its derivative jumps at d = 0), and as k grows the trajectory tends
-    to the hybrid one with a contact lasting ~pi / sqrt(k) s. The model's bias in the
+    the paddle, much heavier, feels nothing (as in the hybrid reset). No guards; as k
+    grows the trajectory tends to the hybrid one with a contact lasting ~pi / sqrt(k) s. The model's bias in the
     gradient falls with k, while an explicit integrator needs steps dt << 1/sqrt(k):
     the trade-off the Pareto benchmark measures. The damper's force c d' jumps from 0 at
     contact onset, so f is discontinuous there: a gradient by autograd through fixed steps

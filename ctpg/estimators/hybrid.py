@@ -85,6 +85,15 @@ class HybridSolution:
     steps_rejected: int = 0
     last_step: float | None = None
 
+    def evaluate(self, t: float) -> torch.Tensor:
+        """The state [N, d+1] at time t from the piece that holds it; at an event time the
+        post-event piece's (the later piece wins). A time past the end reads the last piece's end."""
+        pieces = [p for p in self.pieces if p is not None]
+        for piece in reversed(pieces):
+            if piece.t0 <= t:
+                return piece.evaluate(min(t, piece.t1))
+        return pieces[0].evaluate(t)
+
 
 def guard_of(system, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """g_index(x) [k]: each sample's own fired element."""
